@@ -160,7 +160,7 @@ def protect(input_dir: Path, output_dir: Path | None, key_path: Path, method: st
     if kernel_size is not None and kernel_size % 2 == 0:
         fail_usage(f"--kernel-size must be odd, got {kernel_size}")
     target = output_dir or input_dir.with_name(input_dir.resolve().name + "-protected")
-    if fmt in ("jpeg", "webp") and not quiet:
+    if fmt in ("jpeg", "webp"):
         err_console.print(f"[yellow]warning:[/] {fmt} output is lossy; re-encoding weakens the protection. "
                           "PNG keeps it intact.", highlight=False)
     try:
@@ -183,15 +183,15 @@ def protect(input_dir: Path, output_dir: Path | None, key_path: Path, method: st
 
 def report_protect_run(run_result: ProtectRun, quiet: bool, as_json: bool) -> None:
     summary = run_result.manifest.summary
+    if run_result.lossy_output:
+        err_console.print("[yellow]warning:[/] some outputs were written in a lossy format (JPEG/WebP); "
+                          "re-encoding weakens the protection. Use --format png to keep it intact.",
+                          highlight=False)
     if as_json:
         print_json({"output": str(run_result.output_dir), "manifest": str(run_result.manifest_path),
                     "key_fingerprint": run_result.manifest.key_fingerprint, **summary,
                     "failures": [{"path": r.path, "error": r.error} for r in run_result.failed]})
         return
-    if run_result.lossy_output and not quiet:
-        err_console.print("[yellow]warning:[/] some outputs were written in a lossy format (JPEG/WebP); "
-                          "re-encoding weakens the protection. Use --format png to keep it intact.",
-                          highlight=False)
     for record in run_result.failed:
         err_console.print(f"[red]failed:[/] {record.path}: {record.error}", highlight=False)
     if quiet:

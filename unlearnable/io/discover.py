@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,7 +63,7 @@ def discover_images(root: str | os.PathLike[str], exclude: Path | None = None) -
                 is_dir = entry.is_dir(follow_symlinks=True)
                 is_file = entry.is_file(follow_symlinks=True)
             except OSError as exc:
-                result.problems[child] = f"cannot read: {exc.strerror}"
+                result.problems[child] = _unreadable_reason(exc)
                 continue
             if is_dir:
                 stack.append((Path(entry.path), child))
@@ -77,11 +78,15 @@ def discover_images(root: str | os.PathLike[str], exclude: Path | None = None) -
     return result
 
 
+def _unreadable_reason(exc: OSError) -> str:
+    if exc.errno == errno.ELOOP:
+        return "symbolic link loop; skipped"
+    return f"cannot read: {exc.strerror} (broken symbolic link?)"
+
+
 def _broken_link_reason(path: Path) -> str:
     try:
         path.stat()
     except OSError as exc:
-        if exc.errno is not None and exc.errno == 40:  # ELOOP
-            return "symbolic link loop; skipped"
-        return f"cannot read: {exc.strerror} (broken symbolic link?)"
+        return _unreadable_reason(exc)
     return "not a regular file; skipped"
