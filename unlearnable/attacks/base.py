@@ -55,7 +55,9 @@ class Attack:
     name: str = "erm"
     summary: str = "plain training (empirical risk minimisation)"
 
-    def prepare_train(self, images: Tensor, clean_images: Tensor, generator: torch.Generator) -> Tensor:
+    def prepare_train(
+        self, images: Tensor, clean_images: Tensor, generator: torch.Generator
+    ) -> Tensor:
         """The training set the victim sees: ``(N, C, H, W)`` float in [0, 1].
 
         ``clean_images`` is the unprotected training set, aligned with ``images`` (same order);
