@@ -39,13 +39,17 @@ def random_image(size=(24, 20), mode="RGB", seed=0) -> Image.Image:
     return random_image(size, "RGB", seed).convert(mode)
 
 
-def make_labelled_folder(root: Path, classes=("cat", "dog"), per_class=3, size=(24, 20), fmt="PNG") -> Path:
+def make_labelled_folder(
+    root: Path, classes=("cat", "dog"), per_class=3, size=(24, 20), fmt="PNG"
+) -> Path:
     """An ImageFolder tree of random images; returns ``root``."""
     ext = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp", "BMP": "bmp", "TIFF": "tif"}[fmt]
     for c_index, name in enumerate(classes):
         (root / name).mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
-            random_image(size, seed=100 * c_index + i).save(root / name / f"img{i}.{ext}", format=fmt)
+            random_image(size, seed=100 * c_index + i).save(
+                root / name / f"img{i}.{ext}", format=fmt
+            )
     return root
 
 

@@ -95,7 +95,12 @@ def test_fft_path_equals_direct_convolution(k):
 def test_odd_kernel_sizes_keep_size_and_grayscale_works():
     for k in (1, 3, 5, 9, 15):
         filters = cuda_filters(FIXED_KEY, ["x"], k, 0.1)
-        assert apply_cuda(torch.rand(1, 1, 10, 13), torch.tensor([0]), filters).shape == (1, 1, 10, 13)
+        assert apply_cuda(torch.rand(1, 1, 10, 13), torch.tensor([0]), filters).shape == (
+            1,
+            1,
+            10,
+            13,
+        )
 
 
 def test_presets_scale_with_image_size():
@@ -108,7 +113,9 @@ def test_presets_scale_with_image_size():
     big = cuda_params(2000, 3000)
     assert big.kernel_size == 9 and big.upscale == 9
     assert cuda_params(2000, 3000, kernel_size=5).upscale == 1
-    assert cuda_params(32, 32, kernel_size=7, blur=0.2) == cuda_params(500, 500, kernel_size=7, blur=0.2)
+    assert cuda_params(32, 32, kernel_size=7, blur=0.2) == cuda_params(
+        500, 500, kernel_size=7, blur=0.2
+    )
     with pytest.raises(ValueError, match="odd"):
         cuda_params(32, 32, kernel_size=4)
     with pytest.raises(ValueError, match="blur"):

@@ -34,7 +34,9 @@ def test_gps_is_kept_unless_stripped():
     exif[0x8825] = {1: "N", 2: (1.0, 2.0, 3.0)}
     decoded = decode_image(encoded(random_image(), "JPEG", exif=exif.tobytes()))
     kept = Image.open(io.BytesIO(encode_image(decoded.pixels, decoded, "JPEG"))).getexif()
-    stripped = Image.open(io.BytesIO(encode_image(decoded.pixels, decoded, "JPEG", strip_gps=True))).getexif()
+    stripped = Image.open(
+        io.BytesIO(encode_image(decoded.pixels, decoded, "JPEG", strip_gps=True))
+    ).getexif()
     assert 0x8825 in kept and 0x8825 not in stripped and stripped[0x010F] == "TestCam"
 
 
@@ -50,7 +52,10 @@ def test_icc_profile_and_alpha_round_trip_in_png():
     assert np.array_equal(np.asarray(out)[..., :3], new_pixels)
 
 
-@pytest.mark.parametrize("mode, channels, alpha", [("L", 1, False), ("LA", 1, True), ("RGB", 3, False), ("P", 3, False), ("1", 1, False)])
+@pytest.mark.parametrize(
+    "mode, channels, alpha",
+    [("L", 1, False), ("LA", 1, True), ("RGB", 3, False), ("P", 3, False), ("1", 1, False)],
+)
 def test_supported_modes(mode, channels, alpha):
     decoded = decode_image(encoded(random_image(mode=mode), "PNG"))
     assert decoded.pixels.shape[2] == channels and (decoded.alpha is not None) == alpha

@@ -34,7 +34,9 @@ def test_two_new_keys_differ(tmp_path):
     assert write_key_file(tmp_path / "a").material != write_key_file(tmp_path / "b").material
 
 
-@pytest.mark.parametrize("content, message", [(b"", "exactly 32 bytes"), (b"x" * 31, "has 31"), (b"x" * 33, "has 33")])
+@pytest.mark.parametrize(
+    "content, message", [(b"", "exactly 32 bytes"), (b"x" * 31, "has 31"), (b"x" * 33, "has 33")]
+)
 def test_malformed_key_files_are_refused(tmp_path, content, message):
     path = tmp_path / "bad.bin"
     path.write_bytes(content)

@@ -24,7 +24,9 @@ def test_same_key_gives_bit_identical_outputs_and_input_is_untouched(tmp_path, r
     source = make_labelled_folder(tmp_path / "in")
     before = tree_digest(source)
     first = protect(runner, source, "-o", tmp_path / "a", "--key", key_file, "-q")
-    second = protect(runner, source, "-o", tmp_path / "b", "--key", key_file, "-q", "--workers", "2")
+    second = protect(
+        runner, source, "-o", tmp_path / "b", "--key", key_file, "-q", "--workers", "2"
+    )
     assert first.exit_code == 0 and second.exit_code == 0, first.output + second.output
     assert tree_digest(source) == before
     a, b = tree_digest(tmp_path / "a"), tree_digest(tmp_path / "b")
@@ -53,8 +55,15 @@ def test_size_mode_and_format_are_preserved(tmp_path, runner, key_file):
     result = protect(runner, source, "-o", tmp_path / "out", "--key", key_file, "-q")
     assert result.exit_code == 0, result.output
     for name in ("alpha.png", "gray.png", "photo.jpg", "pic.webp"):
-        original, protected = Image.open(source / "x" / name), Image.open(tmp_path / "out" / "x" / name)
-        assert (protected.size, protected.mode, protected.format) == (original.size, original.mode, original.format)
+        original, protected = (
+            Image.open(source / "x" / name),
+            Image.open(tmp_path / "out" / "x" / name),
+        )
+        assert (protected.size, protected.mode, protected.format) == (
+            original.size,
+            original.mode,
+            original.format,
+        )
     alpha_in = np.asarray(Image.open(source / "x" / "alpha.png"))[..., 3]
     alpha_out = np.asarray(Image.open(tmp_path / "out" / "x" / "alpha.png"))[..., 3]
     assert np.array_equal(alpha_in, alpha_out)
@@ -67,7 +76,9 @@ def test_format_png_changes_extension_and_reports_collisions(tmp_path, runner, k
     random_image().save(source / "a.jpg")
     random_image(seed=1).save(source / "a.png")
     random_image(seed=2).save(source / "b.jpg")
-    result = protect(runner, source, "-o", tmp_path / "out", "--key", key_file, "-q", "--format", "png")
+    result = protect(
+        runner, source, "-o", tmp_path / "out", "--key", key_file, "-q", "--format", "png"
+    )
     assert result.exit_code == 1
     assert (tmp_path / "out" / "b.png").exists()
     errors = [f for f in manifest_of(tmp_path / "out")["files"] if f["status"] == "error"]
@@ -89,7 +100,9 @@ def test_bad_inputs_are_reported_and_the_rest_processed(tmp_path, runner, key_fi
     os.chmod(unreadable, 0)
     (source / "clàss one" / "loop.png").symlink_to(source / "clàss one" / "loop.png")
     (source / "clàss one" / "dirloop").symlink_to(source)
-    result = protect(runner, source, "-o", tmp_path / "out", "--key", key_file, "-q", "--max-pixels", "10000")
+    result = protect(
+        runner, source, "-o", tmp_path / "out", "--key", key_file, "-q", "--max-pixels", "10000"
+    )
     os.chmod(unreadable, 0o644)
     assert result.exit_code == 1
     records = {f["path"]: f for f in manifest_of(tmp_path / "out")["files"]}
@@ -106,7 +119,9 @@ def test_bad_inputs_are_reported_and_the_rest_processed(tmp_path, runner, key_fi
     if os.geteuid() != 0:  # root can read a mode-000 file
         expected_errors["clàss one/secret.png"] = "cannot read"
     for path, message in expected_errors.items():
-        assert records[path]["status"] == "error" and message in records[path]["error"], records[path]
+        assert records[path]["status"] == "error" and message in records[path]["error"], records[
+            path
+        ]
     assert "failed" in result.output or result.exit_code == 1
 
 
@@ -125,8 +140,18 @@ def test_usage_errors_exit_2(tmp_path, runner, key_file):
     bad_key.write_bytes(b"short")
     assert protect(runner, source, "--key", tmp_path / "missing.bin").exit_code == 2
     assert protect(runner, source, "-o", tmp_path / "o1", "--key", bad_key).exit_code == 2
-    assert protect(runner, source, "-o", tmp_path / "o2", "--key", key_file, "--kernel-size", "4").exit_code == 2
-    assert protect(runner, source, "-o", tmp_path / "o3", "--key", key_file, "--labels", tmp_path / "x.csv").exit_code == 2
+    assert (
+        protect(
+            runner, source, "-o", tmp_path / "o2", "--key", key_file, "--kernel-size", "4"
+        ).exit_code
+        == 2
+    )
+    assert (
+        protect(
+            runner, source, "-o", tmp_path / "o3", "--key", key_file, "--labels", tmp_path / "x.csv"
+        ).exit_code
+        == 2
+    )
     empty = tmp_path / "empty"
     empty.mkdir()
     assert protect(runner, empty, "-o", tmp_path / "o4", "--key", key_file).exit_code == 2
@@ -140,7 +165,9 @@ def test_resume_skips_done_files_and_redoes_missing_ones(tmp_path, runner, key_f
     (out / "dog" / "img1.png").unlink()
     again = protect(runner, source, "-o", out, "--key", key_file, "-q")
     assert again.exit_code == 2 and "--resume" in again.output
-    result = runner.invoke(main, ["protect", str(source), "-o", str(out), "--key", str(key_file), "--resume", "--json"])
+    result = runner.invoke(
+        main, ["protect", str(source), "-o", str(out), "--key", str(key_file), "--resume", "--json"]
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
     assert summary["resumed"] == 5 and summary["ok"] == 6
@@ -160,7 +187,9 @@ def test_csv_and_single_labels(tmp_path, runner, key_file):
         random_image(seed=i).save(source / f"p{i}.png")
     csv_file = tmp_path / "labels.csv"
     csv_file.write_text("path,label\np0.png,alice\n./p1.png,bob\n")
-    result = protect(runner, source, "-o", tmp_path / "csv", "--key", key_file, "-q", "--labels", csv_file)
+    result = protect(
+        runner, source, "-o", tmp_path / "csv", "--key", key_file, "-q", "--labels", csv_file
+    )
     assert result.exit_code == 1
     manifest = read_manifest(tmp_path / "csv")
     assert manifest.classes == ["alice", "bob"]
@@ -170,13 +199,31 @@ def test_csv_and_single_labels(tmp_path, runner, key_file):
     assert single.exit_code == 0 and read_manifest(tmp_path / "single").classes == ["all"]
     bad_csv = tmp_path / "bad.csv"
     bad_csv.write_text("a,b,c\n")
-    assert protect(runner, source, "-o", tmp_path / "bad", "--key", key_file, "--labels", bad_csv).exit_code == 2
+    assert (
+        protect(
+            runner, source, "-o", tmp_path / "bad", "--key", key_file, "--labels", bad_csv
+        ).exit_code
+        == 2
+    )
 
 
 def test_key_never_appears_in_any_output(tmp_path, runner, key_file):
     source = make_labelled_folder(tmp_path / "in")
     material = key_file.read_bytes()
-    result = runner.invoke(main, ["protect", str(source), "-o", str(tmp_path / "out"), "--key", str(key_file), "--json", "--preview", "2"])
+    result = runner.invoke(
+        main,
+        [
+            "protect",
+            str(source),
+            "-o",
+            str(tmp_path / "out"),
+            "--key",
+            str(key_file),
+            "--json",
+            "--preview",
+            "2",
+        ],
+    )
     keygen = runner.invoke(main, ["keygen", str(tmp_path / "new.bin")])
     texts = [result.output, keygen.output]
     blobs = [p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()]
@@ -194,7 +241,17 @@ def test_manifest_records_everything(tmp_path, runner, key_file):
     assert data["schema"] == "unlearnable.manifest" and data["schema_version"] == 1
     assert data["method"] == "cuda" and data["labels"]["classes"] == {"cat": 0, "dog": 1}
     record = data["files"][0]
-    for field in ("path", "label", "input_sha256", "output_sha256", "width", "height", "psnr", "ssim", "params"):
+    for field in (
+        "path",
+        "label",
+        "input_sha256",
+        "output_sha256",
+        "width",
+        "height",
+        "psnr",
+        "ssim",
+        "params",
+    ):
         assert field in record
     assert 5 < record["psnr"] < 60 and -1 <= record["ssim"] <= 1
     assert data["summary"]["ok"] == 6 and data["summary"]["failed"] == 0
@@ -215,7 +272,9 @@ def test_keygen_cli(tmp_path, runner):
 
 
 def test_demo_runs(tmp_path, runner):
-    result = runner.invoke(main, ["demo", "--output", str(tmp_path / "demo"), "--per-class", "4", "-q"])
+    result = runner.invoke(
+        main, ["demo", "--output", str(tmp_path / "demo"), "--per-class", "4", "-q"]
+    )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "demo" / "protected-train" / MANIFEST_NAME).exists()
     assert len(list((tmp_path / "demo" / "protected-train").rglob("*.png"))) == 40

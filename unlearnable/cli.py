@@ -15,9 +15,9 @@ from rich.table import Table
 from ._version import __version__
 from .datasets import DEMO_CLASSES, LabelError, write_demo_folder
 from .io.images import DEFAULT_MAX_PIXELS
+from .keys import KeyFileError, key_is_private, load_key_file, write_key_file
 from .protect import OutputOptions, ProtectRun, ProtectUsageError, protect_directory
 from .protect.cuda import STRENGTHS
-from .keys import KeyFileError, key_is_private, load_key_file, write_key_file
 
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE = 0, 1, 2
 
@@ -40,7 +40,12 @@ def progress_bar(description: str, quiet: bool):
     if quiet or not err_console.is_terminal:
         yield lambda done, total: None
         return
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=err_console, transient=True) as bar:
         task = bar.add_task(description, total=None)
 
@@ -113,43 +118,122 @@ def summary_table(title: str, rows: list[tuple[str, str]]) -> Table:
     return table
 
 
-
-def output_options(format: str, quality: int | None, strip_gps: bool, max_pixels: int) -> OutputOptions:
+def output_options(
+    format: str, quality: int | None, strip_gps: bool, max_pixels: int
+) -> OutputOptions:
     return OutputOptions(format=format, quality=quality, strip_gps=strip_gps, max_pixels=max_pixels)
 
 
 @main.command()
-@click.argument("input_dir", metavar="INPUT", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("-o", "--output", "output_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Output folder (default: INPUT-protected beside INPUT). Must not be inside INPUT.")
-@click.option("--key", "key_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Private key file (make one with `unlearnable keygen`).")
-@click.option("--method", type=click.Choice(["cuda"]), default="cuda", show_default=True,
-              help="Protection method.")
-@click.option("--labels", default="auto", show_default=True,
-              help="auto | folders | single | FILE.csv (rows: relative/path,label).")
-@click.option("--strength", type=click.Choice(STRENGTHS), default="mid", show_default=True,
-              help="CUDA strength preset; (kernel size, blur) scale with the image size.")
-@click.option("--kernel-size", type=click.IntRange(1, 63), default=None,
-              help="Expert: CUDA filter size k (odd), overrides the preset.")
-@click.option("--blur", type=click.FloatRange(0, 1, min_open=True), default=None,
-              help="Expert: CUDA blur parameter p_b in (0, 1], overrides the preset.")
-@click.option("--format", "fmt", type=click.Choice(["keep", "png", "jpeg", "webp"]), default="keep",
-              show_default=True, help="Output format; lossy formats weaken the protection.")
-@click.option("--quality", type=click.IntRange(1, 100), default=None,
-              help="JPEG/WebP quality (default: JPEG keeps the source's tables; WebP 90).")
+@click.argument(
+    "input_dir", metavar="INPUT", type=click.Path(exists=True, file_okay=False, path_type=Path)
+)
+@click.option(
+    "-o",
+    "--output",
+    "output_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Output folder (default: INPUT-protected beside INPUT). Must not be inside INPUT.",
+)
+@click.option(
+    "--key",
+    "key_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Private key file (make one with `unlearnable keygen`).",
+)
+@click.option(
+    "--method",
+    type=click.Choice(["cuda"]),
+    default="cuda",
+    show_default=True,
+    help="Protection method.",
+)
+@click.option(
+    "--labels",
+    default="auto",
+    show_default=True,
+    help="auto | folders | single | FILE.csv (rows: relative/path,label).",
+)
+@click.option(
+    "--strength",
+    type=click.Choice(STRENGTHS),
+    default="mid",
+    show_default=True,
+    help="CUDA strength preset; (kernel size, blur) scale with the image size.",
+)
+@click.option(
+    "--kernel-size",
+    type=click.IntRange(1, 63),
+    default=None,
+    help="Expert: CUDA filter size k (odd), overrides the preset.",
+)
+@click.option(
+    "--blur",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=None,
+    help="Expert: CUDA blur parameter p_b in (0, 1], overrides the preset.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["keep", "png", "jpeg", "webp"]),
+    default="keep",
+    show_default=True,
+    help="Output format; lossy formats weaken the protection.",
+)
+@click.option(
+    "--quality",
+    type=click.IntRange(1, 100),
+    default=None,
+    help="JPEG/WebP quality (default: JPEG keeps the source's tables; WebP 90).",
+)
 @click.option("--strip-gps", is_flag=True, help="Remove GPS location from the EXIF of outputs.")
-@click.option("--max-pixels", type=click.IntRange(1), default=DEFAULT_MAX_PIXELS, show_default=True,
-              help="Refuse images with more pixels (decompression-bomb guard).")
-@click.option("--resume", is_flag=True, help="Continue a run in OUTPUT: skip files already done with the same key and parameters.")
-@click.option("--workers", type=click.IntRange(1), default=None, help="Processes for decoding/encoding (default: number of cores).")
-@click.option("--preview", type=click.IntRange(0), default=0, help="Write a contact sheet of N files (original | protected | amplified difference).")
+@click.option(
+    "--max-pixels",
+    type=click.IntRange(1),
+    default=DEFAULT_MAX_PIXELS,
+    show_default=True,
+    help="Refuse images with more pixels (decompression-bomb guard).",
+)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue a run in OUTPUT: skip files already done with the same key and parameters.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1),
+    default=None,
+    help="Processes for decoding/encoding (default: number of cores).",
+)
+@click.option(
+    "--preview",
+    type=click.IntRange(0),
+    default=0,
+    help="Write a contact sheet of N files (original | protected | amplified difference).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary table.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
-def protect(input_dir: Path, output_dir: Path | None, key_path: Path, method: str, labels: str,
-            strength: str, kernel_size: int | None, blur: float | None, fmt: str, quality: int | None,
-            strip_gps: bool, max_pixels: int, resume: bool, workers: int | None, preview: int,
-            quiet: bool, as_json: bool) -> None:
+def protect(
+    input_dir: Path,
+    output_dir: Path | None,
+    key_path: Path,
+    method: str,
+    labels: str,
+    strength: str,
+    kernel_size: int | None,
+    blur: float | None,
+    fmt: str,
+    quality: int | None,
+    strip_gps: bool,
+    max_pixels: int,
+    resume: bool,
+    workers: int | None,
+    preview: int,
+    quiet: bool,
+    as_json: bool,
+) -> None:
     """Protect the images in INPUT into a separate output folder.
 
     The input is never modified. The output mirrors INPUT's folder tree, keeps each file's
@@ -161,15 +245,26 @@ def protect(input_dir: Path, output_dir: Path | None, key_path: Path, method: st
         fail_usage(f"--kernel-size must be odd, got {kernel_size}")
     target = output_dir or input_dir.with_name(input_dir.resolve().name + "-protected")
     if fmt in ("jpeg", "webp"):
-        err_console.print(f"[yellow]warning:[/] {fmt} output is lossy; re-encoding weakens the protection. "
-                          "PNG keeps it intact.", highlight=False)
+        err_console.print(
+            f"[yellow]warning:[/] {fmt} output is lossy; re-encoding weakens the protection. "
+            "PNG keeps it intact.",
+            highlight=False,
+        )
     try:
         with progress_bar("protecting", quiet or as_json) as update:
             run_result = protect_directory(
-                input_dir, target, key, method=method, labels=labels, strength=strength,
-                kernel_size=kernel_size, blur=blur,
+                input_dir,
+                target,
+                key,
+                method=method,
+                labels=labels,
+                strength=strength,
+                kernel_size=kernel_size,
+                blur=blur,
                 options=output_options(fmt, quality, strip_gps, max_pixels),
-                resume=resume, workers=workers, progress=update,
+                resume=resume,
+                workers=workers,
+                progress=update,
             )
     except (ProtectUsageError, LabelError, ValueError) as exc:
         fail_usage(str(exc))
@@ -184,13 +279,21 @@ def protect(input_dir: Path, output_dir: Path | None, key_path: Path, method: st
 def report_protect_run(run_result: ProtectRun, quiet: bool, as_json: bool) -> None:
     summary = run_result.manifest.summary
     if run_result.lossy_output:
-        err_console.print("[yellow]warning:[/] some outputs were written in a lossy format (JPEG/WebP); "
-                          "re-encoding weakens the protection. Use --format png to keep it intact.",
-                          highlight=False)
+        err_console.print(
+            "[yellow]warning:[/] some outputs were written in a lossy format (JPEG/WebP); "
+            "re-encoding weakens the protection. Use --format png to keep it intact.",
+            highlight=False,
+        )
     if as_json:
-        print_json({"output": str(run_result.output_dir), "manifest": str(run_result.manifest_path),
-                    "key_fingerprint": run_result.manifest.key_fingerprint, **summary,
-                    "failures": [{"path": r.path, "error": r.error} for r in run_result.failed]})
+        print_json(
+            {
+                "output": str(run_result.output_dir),
+                "manifest": str(run_result.manifest_path),
+                "key_fingerprint": run_result.manifest.key_fingerprint,
+                **summary,
+                "failures": [{"path": r.path, "error": r.error} for r in run_result.failed],
+            }
+        )
         return
     for record in run_result.failed:
         err_console.print(f"[red]failed:[/] {record.path}: {record.error}", highlight=False)
@@ -199,9 +302,16 @@ def report_protect_run(run_result: ProtectRun, quiet: bool, as_json: bool) -> No
     rate = summary.get("images_per_second")
     rows = [
         ("files", str(summary["files"])),
-        ("protected", f"{summary['ok']}" + (f" ({summary['resumed']} from an earlier run)" if summary["resumed"] else "")),
+        (
+            "protected",
+            f"{summary['ok']}"
+            + (f" ({summary['resumed']} from an earlier run)" if summary["resumed"] else ""),
+        ),
         ("failed", str(summary["failed"])),
-        ("mean PSNR", f"{summary['mean_psnr']:.2f} dB" if summary["mean_psnr"] is not None else "-"),
+        (
+            "mean PSNR",
+            f"{summary['mean_psnr']:.2f} dB" if summary["mean_psnr"] is not None else "-",
+        ),
         ("mean SSIM", f"{summary['mean_ssim']:.4f}" if summary["mean_ssim"] is not None else "-"),
         ("time", f"{summary['seconds']:.1f} s" + (f" ({rate:.1f} images/s)" if rate else "")),
         ("key", run_result.manifest.key_fingerprint),
@@ -220,10 +330,20 @@ def fresh_folder(base: Path) -> Path:
 
 
 @main.command()
-@click.option("--output", "output_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Folder for the demo (default: a new ./unlearnable-demo folder).")
-@click.option("--per-class", type=click.IntRange(2), default=60, show_default=True,
-              help="Training images per class of the built-in example.")
+@click.option(
+    "--output",
+    "output_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder for the demo (default: a new ./unlearnable-demo folder).",
+)
+@click.option(
+    "--per-class",
+    type=click.IntRange(2),
+    default=60,
+    show_default=True,
+    help="Training images per class of the built-in example.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def demo(output_dir: Path | None, per_class: int, quiet: bool) -> None:
     """Run the main job on a built-in example: no downloads, no data to fetch.
@@ -240,16 +360,387 @@ def demo(output_dir: Path | None, per_class: int, quiet: bool) -> None:
     test_count = write_demo_folder(clean_test, max(2, per_class // 3), seed=1)
     key = write_key_file(key_path)
     with progress_bar("protecting", quiet) as update:
-        run_result = protect_directory(clean_train, protected_train, key, labels="folders",
-                                       workers=1, progress=update)
+        run_result = protect_directory(
+            clean_train, protected_train, key, labels="folders", workers=1, progress=update
+        )
     summary = run_result.manifest.summary
     rows = [
-        ("example", f"{count} training + {test_count} test images, {len(DEMO_CLASSES)} classes, 32x32 px"),
+        (
+            "example",
+            f"{count} training + {test_count} test images, {len(DEMO_CLASSES)} classes, 32x32 px",
+        ),
         ("clean images", str(clean_train)),
         ("key", f"{key_path} (fingerprint {key.fingerprint})"),
-        ("protected copy", f"{protected_train} ({summary['ok']} files, mean PSNR {summary['mean_psnr']:.1f} dB)"),
+        (
+            "protected copy",
+            f"{protected_train} ({summary['ok']} files, mean PSNR {summary['mean_psnr']:.1f} dB)",
+        ),
         ("manifest", str(run_result.manifest_path)),
     ]
     out_console.print(summary_table("unlearnable demo", rows))
     if run_result.failed:
         sys.exit(EXIT_FAILURES)
+
+
+# --------------------------------------------------------------------------- verify
+
+
+def device_choice(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        fail_usage("--device cuda: no CUDA GPU is available")
+    return device
+
+
+def build_attacks(attack_spec: str, ratio: float | None, pgd_steps: int | None):
+    """Attack objects for a ``--attacks``/``--suite`` spec with the per-attack options."""
+    from .attacks.base import make_attack
+    from .attacks.suites import resolve_attacks
+
+    attacks = []
+    for name in resolve_attacks(attack_spec):
+        options = {}
+        if name == "partial" and ratio is not None:
+            options["ratio"] = ratio
+        if name.startswith("at-") and pgd_steps is not None:
+            options["steps"] = pgd_steps
+        attacks.append(make_attack(name, **options))
+    return attacks
+
+
+@contextmanager
+def verify_progress(quiet: bool):
+    """A rich progress bar over all victims' epochs; yields a VerifyProgress callback."""
+    if quiet or not err_console.is_terminal:
+        yield None
+        return
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=err_console, transient=True) as bar:
+        task = bar.add_task("training victims", total=None)
+
+        def update(event) -> None:
+            stats = event.stats
+            bar.update(
+                task,
+                completed=(event.run - 1) * event.num_epochs + event.epoch,
+                total=event.num_runs * event.num_epochs,
+                description=(
+                    f"{event.attack} / {event.train_set} (seed {event.seed}) "
+                    f"epoch {event.epoch}/{event.num_epochs} loss {stats.get('train_loss', 0):.3f} "
+                    f"test acc {100 * stats.get('test_acc', 0):.1f}%"
+                ),
+            )
+
+        yield update
+
+
+def verify_table(report: dict) -> Table:
+    table = Table(title=f"verdict: {report['verdict']}", title_justify="left")
+    for column in (
+        "attack",
+        "clean peak",
+        "clean last",
+        "protected peak",
+        "protected last",
+        "chance",
+        "PER peak",
+        "PER last",
+    ):
+        table.add_column(column, justify="left" if column == "attack" else "right")
+
+    def pct(value):
+        return "-" if value is None else f"{100 * value:.1f}%"
+
+    def score(value):
+        return "-" if value is None else f"{value:.2f}"
+
+    for attack in report["attacks"]:
+        clean, protected = attack["clean"], attack["protected"]
+        table.add_row(
+            attack["name"],
+            pct(clean["peak_mean"]),
+            pct(clean["last_mean"]),
+            pct(protected["peak_mean"]),
+            pct(protected["last_mean"]),
+            pct(attack["chance"]),
+            score(attack["per_peak"]),
+            score(attack["per_last"]),
+        )
+    return table
+
+
+def verify_folders(
+    protected: Path,
+    clean_train: Path,
+    test: Path,
+    *,
+    labels: str = "auto",
+    test_labels: str = "auto",
+    hacker_labels: str | None = None,
+    attack_spec: str = "erm",
+    budget: str = "quick",
+    model: str | None = None,
+    epochs: int | None = None,
+    seeds: int = 1,
+    image_size: int | None = None,
+    device: str = "auto",
+    thresholds: tuple[float, float] = (0.7, 0.3),
+    ratio: float | None = None,
+    pgd_steps: int | None = None,
+    run_dir: Path | None = None,
+    quiet: bool = False,
+):
+    """Load, verify and write the run folder; returns ``(report dict, run folder)``."""
+    from dataclasses import replace
+
+    from .attacks.training import get_budget
+    from .report import write_run_folder
+    from .verify import Thresholds, run_verification
+    from .verify_inputs import VerifyInputError, load_verify_folders
+
+    try:
+        attacks = build_attacks(attack_spec, ratio, pgd_steps)
+        chosen = get_budget(budget)
+        config = replace(chosen.config, device=device_choice(device))
+        if epochs is not None:
+            config = replace(config, epochs=epochs)
+        threshold = Thresholds(protected=thresholds[0], weak=thresholds[1])
+        with progress_bar("loading images", quiet) as update:
+            loaded = load_verify_folders(
+                protected,
+                clean_train,
+                test,
+                labels=labels,
+                test_labels=test_labels,
+                hacker_labels=hacker_labels,
+                image_size=image_size,
+                progress=update,
+            )
+    except (VerifyInputError, ValueError, KeyError) as exc:
+        fail_usage(str(exc).strip('"'))
+    victim = model or chosen.model
+    try:
+        from .models import check_victim_name
+
+        check_victim_name(victim)
+    except (KeyError, ValueError) as exc:
+        fail_usage(str(exc).strip('"'))
+    with verify_progress(quiet) as update:
+        result = run_verification(
+            loaded.data, attacks, victim, config, list(range(seeds)), threshold, progress=update
+        )
+    folder = run_dir or fresh_folder(
+        Path("unlearnable-runs") / f"verify-{result.created[:19].replace(':', '').replace('-', '')}"
+    )
+    write_run_folder(
+        result,
+        folder,
+        extra_config={
+            "protected": str(protected),
+            "clean_train": str(clean_train),
+            "test": str(test),
+            "labels": labels,
+            "test_labels": test_labels,
+            "hacker_labels": hacker_labels,
+            "budget": budget,
+            "image_size": loaded.image_size,
+            "owner_labels": loaded.owner_label_mode,
+        },
+    )
+    return result.to_json(), folder
+
+
+def verify_options(function):
+    """The options of ``verify`` (shared by its alias ``verify-unlearnability``)."""
+    options = [
+        click.argument("protected", type=click.Path(exists=True, path_type=Path)),
+        click.option(
+            "--clean-train",
+            required=True,
+            type=click.Path(exists=True, file_okay=False, path_type=Path),
+            help="The same training images, unprotected (the baseline).",
+        ),
+        click.option(
+            "--test",
+            "test_dir",
+            required=True,
+            type=click.Path(exists=True, file_okay=False, path_type=Path),
+            help="Clean test images (class subfolders, or --test-labels).",
+        ),
+        click.option(
+            "--labels",
+            default="auto",
+            show_default=True,
+            help="Owner labels of the training images: auto (manifest, else folders) | folders | single | FILE.csv.",
+        ),
+        click.option(
+            "--test-labels",
+            default="auto",
+            show_default=True,
+            help="Labels of the test images: auto | folders | FILE.csv.",
+        ),
+        click.option(
+            "--hacker-labels",
+            default=None,
+            help="Train as a scraper who labels differently: 'folders' (the subfolders of the clean "
+            "train/test folders) or a CSV mapping owner label -> scraper label.",
+        ),
+        click.option(
+            "--attacks",
+            "attack_names",
+            default=None,
+            help="Comma-separated attacks and/or suites (default: the quick suite).",
+        ),
+        click.option(
+            "--suite",
+            type=click.Choice(["quick", "standard", "all"]),
+            default=None,
+            help="A named set of attacks; the report's headline is the worst case.",
+        ),
+        click.option(
+            "--budget",
+            type=click.Choice(["smoke", "quick", "standard", "paper"]),
+            default="quick",
+            show_default=True,
+            help="Training budget (model, epochs, schedule).",
+        ),
+        click.option(
+            "--model",
+            default=None,
+            help="Victim model (default: the budget's); e.g. small-cnn, resnet18, tv:resnet50.",
+        ),
+        click.option(
+            "--epochs", type=click.IntRange(1), default=None, help="Override the budget's epochs."
+        ),
+        click.option(
+            "--seeds",
+            type=click.IntRange(1),
+            default=1,
+            show_default=True,
+            help="Repeat with N seeds (mean and spread).",
+        ),
+        click.option(
+            "--image-size",
+            type=click.IntRange(8),
+            default=None,
+            help="Resize/crop images to S x S (default: follows the data).",
+        ),
+        click.option(
+            "--ratio",
+            type=click.FloatRange(0, 1),
+            default=None,
+            help="Protected fraction for the 'partial' attack.",
+        ),
+        click.option(
+            "--pgd-steps",
+            type=click.IntRange(1),
+            default=None,
+            help="PGD steps of adversarial training.",
+        ),
+        click.option(
+            "--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N."
+        ),
+        click.option(
+            "--protected-threshold",
+            type=float,
+            default=0.7,
+            show_default=True,
+            help="Worst PER needed for 'protected'.",
+        ),
+        click.option(
+            "--weak-threshold",
+            type=float,
+            default=0.3,
+            show_default=True,
+            help="Worst PER needed for 'weak'.",
+        ),
+        click.option(
+            "--run-dir",
+            type=click.Path(file_okay=False, path_type=Path),
+            default=None,
+            help="Where to write the report (default: a new folder in ./unlearnable-runs).",
+        ),
+        click.option("-q", "--quiet", is_flag=True, help="No progress bars."),
+        click.option("--json", "as_json", is_flag=True, help="Print the report JSON on stdout."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def verify_command(
+    protected,
+    clean_train,
+    test_dir,
+    labels,
+    test_labels,
+    hacker_labels,
+    attack_names,
+    suite,
+    budget,
+    model,
+    epochs,
+    seeds,
+    image_size,
+    ratio,
+    pgd_steps,
+    device,
+    protected_threshold,
+    weak_threshold,
+    run_dir,
+    quiet,
+    as_json,
+) -> None:
+    """Play the scraper: train victims on the protected data and on clean data, and compare.
+
+    For every attack, two models are trained the same way, one on PROTECTED (a folder or its
+    manifest) and one on --clean-train, and tested on --test. The protection score
+    PER = (acc_clean - acc_protected) / (acc_clean - chance) is 1 when the scraper is held at
+    chance and 0 when the protection changed nothing; the verdict uses the worst PER.
+    """
+    spec = ",".join(s for s in (attack_names, suite) if s) or "quick"
+    report, folder = verify_folders(
+        protected,
+        clean_train,
+        test_dir,
+        labels=labels,
+        test_labels=test_labels,
+        hacker_labels=hacker_labels,
+        attack_spec=spec,
+        budget=budget,
+        model=model,
+        epochs=epochs,
+        seeds=seeds,
+        image_size=image_size,
+        device=device,
+        thresholds=(protected_threshold, weak_threshold),
+        ratio=ratio,
+        pgd_steps=pgd_steps,
+        run_dir=run_dir,
+        quiet=quiet or as_json,
+    )
+    if as_json:
+        print_json(report)
+        return
+    out_console.print(verify_table(report))
+    thresholds = report["thresholds"]
+    out_console.print(
+        f"worst case: {report['worst_attack']} (PER {report['worst_per'] if report['worst_per'] is None else round(report['worst_per'], 2)}); "
+        f"protected if worst PER >= {thresholds['protected']}, weak if >= {thresholds['weak']}; "
+        f"report: {folder / 'report.md'}",
+        highlight=False,
+    )
+    for note in report["notes"]:
+        err_console.print(f"[yellow]note:[/] {note}", highlight=False)
+
+
+main.command("verify")(verify_options(verify_command))
+main.command("verify-unlearnability", help="Alias of `verify`.")(verify_options(verify_command))

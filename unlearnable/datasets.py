@@ -55,7 +55,9 @@ def assign_labels(root: Path, files: list[str], source: str = "auto") -> LabelAs
                 assignment.problems[f] = "not inside a class subfolder, so it has no label"
         return assignment
     if source == "clusters":
-        raise LabelError("--labels clusters needs a surrogate; it is resolved by the protect command")
+        raise LabelError(
+            "--labels clusters needs a surrogate; it is resolved by the protect command"
+        )
     if source.lower().endswith(".csv") or Path(source).is_file():
         return _labels_from_csv(Path(source), files)
     raise LabelError(
@@ -112,8 +114,16 @@ def _labels_from_csv(path: Path, files: list[str]) -> LabelAssignment:
 # --------------------------------------------------------------------------- built-in demo set
 
 DEMO_CLASSES = (
-    "circle", "square", "triangle", "cross", "ring",
-    "h-stripes", "v-stripes", "checker", "diamond", "dots",
+    "circle",
+    "square",
+    "triangle",
+    "cross",
+    "ring",
+    "h-stripes",
+    "v-stripes",
+    "checker",
+    "diamond",
+    "dots",
 )
 
 
@@ -139,13 +149,11 @@ def make_demo_images(
         ramp = (np.cos(angle) * (xx - 0.5) + np.sin(angle) * (yy - 0.5)) + 0.5
         c0, c1 = rng.uniform(0.0, 1.0, 3), rng.uniform(0.0, 1.0, 3)
         background = c0 * (1 - ramp[..., None]) + c1 * ramp[..., None]
-        hue = (label / n_classes + rng.normal(0, 0.12)) % 1.0
-        colour = _hsv_to_rgb(hue, rng.uniform(0.5, 1.0), rng.uniform(0.6, 1.0))
-        if rng.random() < 0.5:
-            colour = rng.uniform(0.0, 1.0, 3)
-        mask = _class_mask(classes[label], xx, yy, rng)
+        colour = rng.uniform(0.0, 1.0, 3)
+        opacity = rng.uniform(0.35, 0.8)
+        mask = _class_mask(classes[label], xx, yy, rng) * opacity
         picture = background * (1 - mask[..., None]) + colour * mask[..., None]
-        picture += rng.normal(0, 0.04, picture.shape)
+        picture += rng.normal(0, 0.06, picture.shape)
         images[index] = np.clip(picture * 255 + 0.5, 0, 255).astype(np.uint8)
     return images, labels
 
@@ -183,7 +191,9 @@ def _class_mask(name: str, xx: np.ndarray, yy: np.ndarray, rng: np.random.Genera
     elif name == "diamond":
         mask = abs(dx) + abs(dy) < r
     elif name == "dots":
-        mask = (((xx + phase) % period - period / 2) ** 2 + ((yy + phase) % period - period / 2) ** 2) < (period / 4) ** 2
+        mask = (
+            ((xx + phase) % period - period / 2) ** 2 + ((yy + phase) % period - period / 2) ** 2
+        ) < (period / 4) ** 2
     else:
         raise ValueError(f"unknown demo class {name!r}")
     return mask.astype(np.float32)
@@ -194,7 +204,7 @@ def write_demo_folder(folder: Path, per_class: int, size: int = 32, seed: int = 
     from PIL import Image
 
     images, labels = make_demo_images(per_class, size=size, seed=seed)
-    for index, (image, label) in enumerate(zip(images, labels)):
+    for index, (image, label) in enumerate(zip(images, labels, strict=True)):
         target = folder / DEMO_CLASSES[label] / f"{index:05d}.png"
         target.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(image).save(target)

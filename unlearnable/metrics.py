@@ -16,7 +16,9 @@ def psnr(original: Tensor, protected: Tensor) -> Tensor:
     Both inputs are ``(B, C, H, W)`` float in [0, 1] (peak 1).
     """
     mse = (original.float() - protected.float()).pow(2).mean(dim=(1, 2, 3))
-    return torch.where(mse > 0, -10.0 * torch.log10(mse.clamp_min(1e-20)), torch.full_like(mse, float("inf")))
+    return torch.where(
+        mse > 0, -10.0 * torch.log10(mse.clamp_min(1e-20)), torch.full_like(mse, float("inf"))
+    )
 
 
 def ssim(original: Tensor, protected: Tensor, window: int = 11) -> Tensor:

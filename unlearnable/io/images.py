@@ -25,7 +25,13 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", 
 DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's own decompression-bomb limit (2 x 89.5 MP)
 LOSSY_FORMATS = frozenset({"JPEG", "WEBP"})
 OUTPUT_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
-EXTENSION_FOR_FORMAT = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif"}
+EXTENSION_FOR_FORMAT = {
+    "PNG": ".png",
+    "JPEG": ".jpg",
+    "WEBP": ".webp",
+    "BMP": ".bmp",
+    "TIFF": ".tif",
+}
 _ORIENTATION = 0x0112
 _GPS_IFD = 0x8825
 _ICC_SAFE_MODES = {"RGB", "RGBA", "L", "LA"}
@@ -115,7 +121,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedIm
         pixels = array[..., :3]
     alpha = array[..., -1].copy() if upright.mode in ("LA", "RGBA") else None
     return DecodedImage(
-        pixels=np.ascontiguousarray(pixels),
+        pixels=np.array(pixels, order="C"),  # a writable copy, independent of Pillow's buffer
         alpha=alpha,
         format=source_format,
         mode=original_mode,
@@ -190,7 +196,9 @@ def encode_image(
         stacked = np.concatenate([pixels, decoded.alpha[..., None]], axis=2)
         image = Image.fromarray(stacked, "LA" if channels == 1 else "RGBA")
     else:
-        image = Image.fromarray(pixels[..., 0] if channels == 1 else pixels, "L" if channels == 1 else "RGB")
+        image = Image.fromarray(
+            pixels[..., 0] if channels == 1 else pixels, "L" if channels == 1 else "RGB"
+        )
 
     options: dict = {}
     if fmt == decoded.format:

@@ -74,7 +74,9 @@ class Manifest:
     files: list[FileRecord] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
     tool_version: str = __version__
-    created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    created: str = field(
+        default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds")
+    )
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -128,8 +130,18 @@ def read_manifest(path: Path) -> Manifest:
     try:
         classes_map = data["labels"]["classes"]
         classes = sorted(classes_map, key=classes_map.get)
-        standard = {"schema", "schema_version", "tool", "created", "method", "parameters",
-                    "key_fingerprint", "labels", "summary", "files"}
+        standard = {
+            "schema",
+            "schema_version",
+            "tool",
+            "created",
+            "method",
+            "parameters",
+            "key_fingerprint",
+            "labels",
+            "summary",
+            "files",
+        }
         return Manifest(
             method=data["method"],
             parameters=data["parameters"],

@@ -28,14 +28,21 @@ def write_preview(input_dir: Path, run_result, count: int) -> Path | None:
         draw.text((column * _CELL + 4, 2), title, fill="black")
     for row, record in enumerate(records):
         original = _rgb(decode_image((input_dir / record.path).read_bytes()).pixels)
-        protected = _rgb(decode_image((run_result.output_dir / record.output_path).read_bytes()).pixels)
+        protected = _rgb(
+            decode_image((run_result.output_dir / record.output_path).read_bytes()).pixels
+        )
         difference = np.clip(0.5 + _AMPLIFY * (protected / 255.0 - original / 255.0), 0, 1)
         for column, pixels in enumerate((original, protected, (difference * 255).astype(np.uint8))):
             tile = Image.fromarray(pixels.astype(np.uint8))
-            tile.thumbnail((_CELL - 4, _CELL - 4), Image.Resampling.NEAREST if max(tile.size) < _CELL else Image.Resampling.LANCZOS)
+            tile.thumbnail(
+                (_CELL - 4, _CELL - 4),
+                Image.Resampling.NEAREST if max(tile.size) < _CELL else Image.Resampling.LANCZOS,
+            )
             if max(tile.size) < _CELL // 2:
                 scale = (_CELL - 4) // max(tile.size)
-                tile = tile.resize((tile.width * scale, tile.height * scale), Image.Resampling.NEAREST)
+                tile = tile.resize(
+                    (tile.width * scale, tile.height * scale), Image.Resampling.NEAREST
+                )
             sheet.paste(tile, (column * _CELL + 2, 16 + row * _CELL + 2))
     target = run_result.output_dir / PREVIEW_NAME
     from io import BytesIO

@@ -8,7 +8,15 @@ from pathlib import Path
 from ..datasets import assign_labels
 from ..keys import SecretKey
 from .cuda import CudaProtector
-from .folder import OutputOptions, ProtectRun, ProtectUsageError, default_workers, discover_and_check, protect_folder
+from .folder import (
+    DEFAULT_OUTPUT,
+    OutputOptions,
+    ProtectRun,
+    ProtectUsageError,
+    default_workers,
+    discover_and_check,
+    protect_folder,
+)
 
 METHODS = ("cuda",)
 
@@ -23,7 +31,7 @@ def protect_directory(
     strength: str = "mid",
     kernel_size: int | None = None,
     blur: float | None = None,
-    options: OutputOptions = OutputOptions(),
+    options: OutputOptions = DEFAULT_OUTPUT,
     resume: bool = False,
     workers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
@@ -40,7 +48,9 @@ def protect_directory(
         raise ProtectUsageError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     discovery = discover_and_check(source, target)
     if not discovery.files and not discovery.problems:
-        raise ProtectUsageError(f"no images found in {source} (looked for JPEG, PNG, WebP, BMP, TIFF)")
+        raise ProtectUsageError(
+            f"no images found in {source} (looked for JPEG, PNG, WebP, BMP, TIFF)"
+        )
     assignment = assign_labels(source, discovery.files, labels)
     protector = CudaProtector(key, assignment.classes, strength, kernel_size, blur)
     return protect_folder(

@@ -82,9 +82,7 @@ def cuda_params(
     if strength not in _STRENGTH_SCALE:
         raise ValueError(f"strength must be one of {', '.join(STRENGTHS)}, got {strength!r}")
     short = min(height, width)
-    for limit, k, mid_blur in _SIZE_BUCKETS:
-        if short <= limit:
-            break
+    _, k, mid_blur = next(bucket for bucket in _SIZE_BUCKETS if short <= bucket[0])
     upscale = 1
     if kernel_size is not None:
         validate_kernel_size(kernel_size)
@@ -120,7 +118,9 @@ def cuda_filters(
     taps = kernel_size * kernel_size
     bank = np.empty((len(labels), taps), dtype=np.float64)
     for index, label in enumerate(labels):
-        u = key_uniforms(key, f"cuda/v{FILTER_VERSION}/filter/k={kernel_size}/label={label}", taps + 1)
+        u = key_uniforms(
+            key, f"cuda/v{FILTER_VERSION}/filter/k={kernel_size}/label={label}", taps + 1
+        )
         bank[index] = u[:taps] * blur
         bank[index, int(u[taps] * taps)] = 1.0
     return torch.from_numpy(bank.reshape(len(labels), kernel_size, kernel_size)).float()

@@ -77,6 +77,9 @@ class OutputOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
 
 
+DEFAULT_OUTPUT = OutputOptions()
+
+
 @dataclass
 class ProtectRun:
     """The outcome of :func:`protect_folder`: the manifest plus where it is."""
@@ -142,7 +145,7 @@ def protect_folder(
     key_fingerprint: str,
     label_mode: str,
     label_problems: dict[str, str] | None = None,
-    options: OutputOptions = OutputOptions(),
+    options: OutputOptions = DEFAULT_OUTPUT,
     resume: bool = False,
     workers: int = 1,
     clusters: dict[str, int] | None = None,
@@ -287,7 +290,9 @@ def _run_chunks(settings: _WorkerSettings, chunks: list[list[_Task]], workers: i
             yield _process_chunk(settings, chunk)
         return
     context = get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(settings,)) as pool:
+    with ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_init_worker, initargs=(settings,)
+    ) as pool:
         futures = [pool.submit(_process_chunk_in_worker, chunk) for chunk in chunks]
         for future in as_completed(futures):
             yield future.result()
@@ -359,7 +364,9 @@ def _process_chunk(settings: _WorkerSettings, chunk: list[_Task]) -> _ChunkResul
     return _ChunkResult(records, lossy, resumed)
 
 
-def _protect_group(settings: _WorkerSettings, plan: Hashable, items: list[_Decoded]) -> tuple[list[FileRecord], bool]:
+def _protect_group(
+    settings: _WorkerSettings, plan: Hashable, items: list[_Decoded]
+) -> tuple[list[FileRecord], bool]:
     pixels = np.stack([item.image.pixels for item in items])  # (B, H, W, C) uint8
     originals = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div_(255.0)
     label_ids = torch.tensor([item.task.label_id for item in items], dtype=torch.int64)
@@ -376,7 +383,13 @@ def _protect_group(settings: _WorkerSettings, plan: Hashable, items: list[_Decod
         task, image = item.task, item.image
         fmt = output_format(image.format, settings.options.format)
         try:
-            data = encode_image(protected_u8_hwc[index], image, fmt, settings.options.quality, settings.options.strip_gps)
+            data = encode_image(
+                protected_u8_hwc[index],
+                image,
+                fmt,
+                settings.options.quality,
+                settings.options.strip_gps,
+            )
         except (ImageDecodeError, OSError, ValueError) as exc:
             records[index] = _error(task, f"cannot encode output: {exc}", item.input_sha256)
             continue
@@ -387,7 +400,9 @@ def _protect_group(settings: _WorkerSettings, plan: Hashable, items: list[_Decod
         try:
             atomic_write_bytes(settings.output_dir / relative, data)
         except OSError as exc:
-            records[index] = _error(task, f"cannot write output: {exc.strerror or exc}", item.input_sha256)
+            records[index] = _error(
+                task, f"cannot write output: {exc.strerror or exc}", item.input_sha256
+            )
             continue
         records[index] = FileRecord(
             path=task.path,
@@ -412,7 +427,11 @@ def _protect_group(settings: _WorkerSettings, plan: Hashable, items: list[_Decod
         for position, index in enumerate(written):
             record = records[index]
             assert record is not None
-            record.psnr = round(psnr_values[position], 3) if np.isfinite(psnr_values[position]) else float("inf")
+            record.psnr = (
+                round(psnr_values[position], 3)
+                if np.isfinite(psnr_values[position])
+                else float("inf")
+            )
             record.ssim = round(ssim_values[position], 5)
     return [r for r in records if r is not None], lossy
 
@@ -429,14 +448,18 @@ def _still_valid(settings: _WorkerSettings, previous: FileRecord, input_sha256: 
 
 
 def _error(task: _Task, message: str, digest: str | None = None) -> FileRecord:
-    return FileRecord(path=task.path, status="error", label=task.label, input_sha256=digest, error=message)
+    return FileRecord(
+        path=task.path, status="error", label=task.label, input_sha256=digest, error=message
+    )
 
 
 def _ordered(records: dict[str, FileRecord]) -> list[FileRecord]:
     return [records[path] for path in sorted(records)]
 
 
-def _summary(records: list[FileRecord], seconds: float, resumed: int, lossy: bool) -> dict[str, Any]:
+def _summary(
+    records: list[FileRecord], seconds: float, resumed: int, lossy: bool
+) -> dict[str, Any]:
     ok = [r for r in records if r.status == "ok"]
     finite_psnr = [r.psnr for r in ok if r.psnr is not None and np.isfinite(r.psnr)]
     ssims = [r.ssim for r in ok if r.ssim is not None]
@@ -461,4 +484,7 @@ def discover_and_check(input_dir: Path, output_dir: Path):
 
 
 def default_workers() -> int:
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+    return max(
+        1,
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1),
+    )

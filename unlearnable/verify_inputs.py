@@ -1,0 +1,268 @@
+"""Load the folders of a verification into tensors: protected train, clean train, clean test.
+
+Alignment of protected and clean training images:
+
+* with a manifest in the protected folder (or given as the path): every ``ok`` record pairs
+  ``PROTECTED/output_path`` with ``CLEAN/path`` and gives the owner's label;
+* without one: files with the same relative path in both folders, labels from ``--labels``.
+
+Resize policy: images of one common square size are used as they are. Otherwise every image's
+short side is resized to ``S`` (bilinear, antialiased) and the centre ``S x S`` is cropped, with
+``S = image_size`` if given, else ``min(median short side of the training images, 224)``.
+Grayscale images are repeated to 3 channels; alpha is dropped (victims see RGB).
+
+Scraper labels (``hacker_labels``): ``folders`` uses the top-level subfolders of the clean
+training and test folders (e.g. the true classes when the owner protected with clusters); a
+CSV file maps owner label -> scraper label (e.g. ``cat,animal``) for training and test labels.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .datasets import LabelError, assign_labels, read_label_csv
+from .io.discover import discover_images
+from .io.images import ImageDecodeError, decode_image
+from .io.manifest import MANIFEST_NAME, ManifestError, read_manifest
+from .verify import VerifyData
+
+MAX_DEFAULT_SIZE = 224
+
+
+class VerifyInputError(ValueError):
+    """The folders given to ``verify`` cannot be used as they are; the message says why."""
+
+
+@dataclass
+class LoadedFolders:
+    """What :func:`load_verify_folders` read, plus facts for the report."""
+
+    data: VerifyData
+    image_size: int
+    train_files: list[str]
+    test_files: list[str]
+    owner_label_mode: str
+    scraper_label_mode: str | None
+
+
+def load_verify_folders(
+    protected: str | Path,
+    clean_train: str | Path,
+    test: str | Path,
+    labels: str = "auto",
+    test_labels: str = "auto",
+    hacker_labels: str | None = None,
+    image_size: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> LoadedFolders:
+    """Read and align the three folders; raise :class:`VerifyInputError` with a clear message."""
+    protected_dir, clean_dir, test_dir = (Path(p) for p in (protected, clean_train, test))
+    if protected_dir.is_file() and protected_dir.name.endswith(".json"):
+        protected_dir = protected_dir.parent
+    for name, folder in (
+        ("protected", protected_dir),
+        ("clean training", clean_dir),
+        ("test", test_dir),
+    ):
+        if not folder.is_dir():
+            raise VerifyInputError(f"{name} folder not found: {folder}")
+
+    pairs, owner_labels, owner_mode = _training_pairs(protected_dir, clean_dir, labels)
+    if not pairs:
+        raise VerifyInputError(f"no training images found in {protected_dir}")
+    test_discovery = discover_images(test_dir)
+    if not test_discovery.files:
+        raise VerifyInputError(f"no test images found in {test_dir}")
+    try:
+        test_assignment = assign_labels(test_dir, test_discovery.files, test_labels)
+    except LabelError as exc:
+        raise VerifyInputError(str(exc)) from None
+    if test_assignment.problems:
+        first = next(iter(test_assignment.problems.items()))
+        raise VerifyInputError(
+            f"test folder {test_dir}: {len(test_assignment.problems)} files without a label, e.g. {first[0]}: {first[1]}"
+        )
+    test_files = sorted(test_assignment.labels)
+    test_names = [test_assignment.labels[f] for f in test_files]
+
+    train_rel = [clean for _, clean in pairs]
+    owner_classes = sorted(set(owner_labels))
+    scraper_mode = None
+    if hacker_labels is None:
+        _check_label_sets(owner_classes, sorted(set(test_names)))
+        class_names = owner_classes
+        scraper = None
+        test_ids = [class_names.index(n) for n in test_names]
+    else:
+        scraper_mode = hacker_labels
+        train_scraper, test_scraper = _scraper_labels(
+            hacker_labels, train_rel, owner_labels, test_files, test_names
+        )
+        scraper_classes = sorted(set(train_scraper))
+        _check_label_sets(scraper_classes, sorted(set(test_scraper)))
+        class_names = owner_classes
+        scraper = torch.tensor([scraper_classes.index(n) for n in train_scraper])
+        test_ids = [scraper_classes.index(n) for n in test_scraper]
+    if len(set(owner_labels if hacker_labels is None else train_scraper)) < 2:
+        raise VerifyInputError(
+            "the training set has only one class; a classifier needs at least two"
+        )
+
+    total = 2 * len(pairs) + len(test_files)
+    counter = _Counter(progress, total)
+    size = image_size or _default_size([protected_dir / p for p, _ in pairs])
+    protected_images = _load([protected_dir / p for p, _ in pairs], size, counter)
+    clean_images = _load([clean_dir / c for _, c in pairs], size, counter)
+    test_images = _load([test_dir / f for f in test_files], size, counter)
+    data = VerifyData(
+        protected_train=protected_images,
+        clean_train=clean_images,
+        train_labels=torch.tensor([owner_classes.index(n) for n in owner_labels]),
+        test_images=test_images,
+        test_labels=torch.tensor(test_ids),
+        class_names=class_names,
+        scraper_labels=scraper,
+    )
+    return LoadedFolders(data, size, train_rel, test_files, owner_mode, scraper_mode)
+
+
+def _training_pairs(
+    protected_dir: Path, clean_dir: Path, labels: str
+) -> tuple[list[tuple[str, str]], list[str], str]:
+    """``[(protected relative path, clean relative path)]``, owner label names, label mode."""
+    if (protected_dir / MANIFEST_NAME).exists() and labels == "auto":
+        try:
+            manifest = read_manifest(protected_dir)
+        except ManifestError as exc:
+            raise VerifyInputError(str(exc)) from None
+        records = [r for r in manifest.files if r.status == "ok"]
+        pairs = [(r.output_path or r.path, r.path) for r in records]
+        names = [r.label or "all" for r in records]
+        missing = [c for _, c in pairs if not (clean_dir / c).is_file()]
+        if missing:
+            raise VerifyInputError(
+                f"{len(missing)} files of the manifest are missing from the clean training folder "
+                f"{clean_dir}, e.g. {missing[0]}"
+            )
+        return pairs, names, f"manifest:{manifest.label_mode}"
+    discovery = discover_images(protected_dir)
+    try:
+        assignment = assign_labels(protected_dir, discovery.files, labels)
+    except LabelError as exc:
+        raise VerifyInputError(str(exc)) from None
+    if assignment.problems:
+        first = next(iter(assignment.problems.items()))
+        raise VerifyInputError(
+            f"{len(assignment.problems)} protected files without a label, e.g. {first[0]}: {first[1]}"
+        )
+    files = sorted(assignment.labels)
+    missing = [f for f in files if not (clean_dir / f).is_file()]
+    if missing:
+        raise VerifyInputError(
+            f"{len(missing)} protected files have no clean counterpart with the same relative path "
+            f"in {clean_dir}, e.g. {missing[0]}"
+        )
+    return [(f, f) for f in files], [assignment.labels[f] for f in files], assignment.mode
+
+
+def _scraper_labels(
+    spec: str, train_rel: list[str], owner: list[str], test_files: list[str], test_names: list[str]
+) -> tuple[list[str], list[str]]:
+    if spec == "folders":
+        if any("/" not in f for f in train_rel):
+            raise VerifyInputError(
+                "--hacker-labels folders: every clean training image must sit in a class subfolder"
+            )
+        return [f.split("/", 1)[0] for f in train_rel], test_names
+    try:
+        mapping = read_label_csv(Path(spec))
+    except LabelError as exc:
+        raise VerifyInputError(str(exc)) from None
+    unknown = sorted(set(owner) - set(mapping))
+    if unknown:
+        raise VerifyInputError(
+            f"--hacker-labels {spec}: no scraper label for owner label(s) {', '.join(unknown[:5])}"
+        )
+    unknown_test = sorted(set(test_names) - set(mapping))
+    if unknown_test:
+        raise VerifyInputError(
+            f"--hacker-labels {spec}: no scraper label for test label(s) {', '.join(unknown_test[:5])}"
+        )
+    return [mapping[n] for n in owner], [mapping[n] for n in test_names]
+
+
+def _check_label_sets(train: list[str], test: list[str]) -> None:
+    if set(train) != set(test):
+        only_train = sorted(set(train) - set(test))
+        only_test = sorted(set(test) - set(train))
+        parts = []
+        if only_train:
+            parts.append(f"only in training: {', '.join(only_train[:8])}")
+        if only_test:
+            parts.append(f"only in test: {', '.join(only_test[:8])}")
+        raise VerifyInputError("training and test label sets differ (" + "; ".join(parts) + ")")
+
+
+class _Counter:
+    def __init__(self, callback: Callable[[int, int], None] | None, total: int) -> None:
+        self.callback, self.total, self.done = callback, total, 0
+
+    def step(self) -> None:
+        self.done += 1
+        if self.callback is not None and (self.done % 256 == 0 or self.done == self.total):
+            self.callback(self.done, self.total)
+
+
+def _decode(path: Path):
+    try:
+        return decode_image(path.read_bytes())
+    except (OSError, ImageDecodeError) as exc:
+        message = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise VerifyInputError(f"cannot read {path}: {message}") from None
+
+
+def _default_size(paths: list[Path]) -> int:
+    sample = paths[:: max(1, len(paths) // 200)]
+    shapes = [_decode(p).pixels.shape[:2] for p in sample]
+    if len(set(shapes)) == 1 and shapes[0][0] == shapes[0][1]:
+        return int(shapes[0][0])
+    return int(min(statistics.median(min(s) for s in shapes), MAX_DEFAULT_SIZE))
+
+
+def _load(paths: list[Path], size: int, counter: _Counter) -> Tensor:
+    """uint8 ``(N, 3, size, size)``."""
+    out = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
+    for index, path in enumerate(paths):
+        pixels = _decode(path).pixels
+        if pixels.shape[2] == 1:
+            pixels = np.repeat(pixels, 3, axis=2)
+        tensor = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)
+        if tensor.shape[1:] != (size, size):
+            tensor = _resize_centre_crop(tensor, size)
+        out[index] = tensor
+        counter.step()
+    return out
+
+
+def _resize_centre_crop(image: Tensor, size: int) -> Tensor:
+    """uint8 ``(3, H, W)`` -> uint8 ``(3, size, size)``: short side to ``size``, centre crop."""
+    _, h, w = image.shape
+    scale = size / min(h, w)
+    new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
+    resized = F.interpolate(
+        image[None].float(),
+        size=(new_h, new_w),
+        mode="bilinear",
+        antialias=True,
+        align_corners=False,
+    )[0]
+    top, left = (new_h - size) // 2, (new_w - size) // 2
+    return resized[:, top : top + size, left : left + size].round().clamp(0, 255).to(torch.uint8)
