@@ -271,13 +271,17 @@ def test_keygen_cli(tmp_path, runner):
     assert runner.invoke(main, ["keygen", str(path)]).exit_code == 2
 
 
-def test_demo_runs(tmp_path, runner):
-    result = runner.invoke(
-        main, ["demo", "--output", str(tmp_path / "demo"), "--per-class", "4", "-q"]
-    )
+def test_demo_protects_and_verifies(tmp_path, runner):
+    result = runner.invoke(main, ["demo", "--output", str(tmp_path / "demo"), "--per-class", "4", "--epochs", "1", "-q"])
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "demo" / "protected-train" / MANIFEST_NAME).exists()
-    assert len(list((tmp_path / "demo" / "protected-train").rglob("*.png"))) == 40
+    protected = tmp_path / "demo" / "protected-train"
+    assert (protected / MANIFEST_NAME).exists()
+    assert len(list(protected.glob("*/*.png"))) == 40
+    report = json.loads((tmp_path / "demo" / "verify-run" / "report.json").read_text())
+    assert report["verdict"] in {"protected", "weak", "not protected", "inconclusive"}
+    assert "verdict" in result.output
+    again = runner.invoke(main, ["demo", "--output", str(tmp_path / "demo"), "--no-verify", "-q"])
+    assert again.exit_code == 2 and "not empty" in again.output
 
 
 @pytest.mark.parametrize("entry", [["-m", "unlearnable", "--version"]])

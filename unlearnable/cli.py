@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -17,7 +18,11 @@ from .datasets import DEMO_CLASSES, LabelError, write_demo_folder
 from .io.images import DEFAULT_MAX_PIXELS
 from .keys import KeyFileError, key_is_private, load_key_file, write_key_file
 from .protect import OutputOptions, ProtectRun, ProtectUsageError, protect_directory
+from .protect.api import METHODS
+from .protect.clusters import UCConfig
 from .protect.cuda import STRENGTHS
+from .protect.surrogate import SurrogateError, WeakSurrogateWarning
+from .protect.uc_pipeline import DEFAULT_CLUSTERS, DEFAULT_SURROGATE
 
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE = 0, 1, 2
 
@@ -144,16 +149,19 @@ def output_options(
 )
 @click.option(
     "--method",
-    type=click.Choice(["cuda"]),
+    type=click.Choice(METHODS),
     default="cuda",
     show_default=True,
-    help="Protection method.",
+    help="cuda: a key-derived blur filter per class. uc: Unlearnable Clusters, label-agnostic "
+    "(one learned perturbation per cluster of surrogate features; no labels needed).",
 )
 @click.option(
     "--labels",
     default="auto",
     show_default=True,
-    help="auto | folders | single | FILE.csv (rows: relative/path,label).",
+    help="auto | folders | single | FILE.csv (rows: relative/path,label) | clusters (the "
+    "surrogate's K clusters are the classes: label-agnostic CUDA). --method uc always uses "
+    "clusters.",
 )
 @click.option(
     "--strength",
@@ -173,6 +181,46 @@ def output_options(
     type=click.FloatRange(0, 1, min_open=True),
     default=None,
     help="Expert: CUDA blur parameter p_b in (0, 1], overrides the preset.",
+)
+@click.option(
+    "--surrogate",
+    default=None,
+    metavar="SPEC",
+    help=f"Feature extractor for --method uc / --labels clusters (default {DEFAULT_SURROGATE}, "
+    "downloaded on first use). MODEL:TAG (open_clip, e.g. RN50:openai), "
+    "MODEL:/path/weights.safetensors, hf-hub:ORG/REPO, tv:NAME[:random|:/path] (torchvision), "
+    "or random (offline trials and tests only: weak protection).",
+)
+@click.option(
+    "--clusters",
+    "num_clusters",
+    type=click.IntRange(2),
+    default=None,
+    help=f"Number of clusters K for --method uc / --labels clusters [default: {DEFAULT_CLUSTERS}].",
+)
+@click.option(
+    "--eps",
+    type=click.FloatRange(0, 255, min_open=True),
+    default=None,
+    help="UC: L-inf budget in 1/255 units: no pixel moves by more than eps/255 "
+    "[default: 16, as in the paper].",
+)
+@click.option(
+    "--uc-steps",
+    type=click.IntRange(0),
+    default=None,
+    help="UC: optimisation steps (each updates every cluster's perturbation once) [default: 100].",
+)
+@click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    help="Where the surrogate runs: auto (a CUDA GPU if there is one), cpu, cuda, cuda:N.",
+)
+@click.option(
+    "--allow-pickle",
+    is_flag=True,
+    help="Allow pickle-based surrogate checkpoints (.pt/.pth/.bin/.ckpt): only for files you trust.",
 )
 @click.option(
     "--format",
@@ -224,6 +272,12 @@ def protect(
     strength: str,
     kernel_size: int | None,
     blur: float | None,
+    surrogate: str | None,
+    num_clusters: int | None,
+    eps: float | None,
+    uc_steps: int | None,
+    device: str,
+    allow_pickle: bool,
     fmt: str,
     quality: int | None,
     strip_gps: bool,
@@ -239,10 +293,20 @@ def protect(
     The input is never modified. The output mirrors INPUT's folder tree, keeps each file's
     format, size and metadata, and holds unlearnable-manifest.json. Exit code 0: all files
     protected; 1: some failed (listed); 2: usage error.
+
+    \b
+    Label-agnostic protection of an unlabelled folder (Unlearnable Clusters):
+      unlearnable protect ./photos --key secret.bin --method uc --clusters 10 --eps 16
+      unlearnable protect ./photos --key secret.bin --labels clusters   # CUDA on clusters
+    Features, clusters and perturbations are cached in the output folder (--resume reuses them).
     """
     key = load_key_or_exit(key_path)
     if kernel_size is not None and kernel_size % 2 == 0:
         fail_usage(f"--kernel-size must be odd, got {kernel_size}")
+    uses_clusters = method == "uc" or labels == "clusters"
+    uc_config = protect_uc_config(method, eps, uc_steps)
+    if not uses_clusters and (surrogate is not None or num_clusters is not None):
+        fail_usage("--surrogate and --clusters need --method uc or --labels clusters")
     target = output_dir or input_dir.with_name(input_dir.resolve().name + "-protected")
     if fmt in ("jpeg", "webp"):
         err_console.print(
@@ -251,7 +315,7 @@ def protect(
             highlight=False,
         )
     try:
-        with progress_bar("protecting", quiet or as_json) as update:
+        with protect_progress(quiet or as_json) as (update, stage_update), surrogate_warnings():
             run_result = protect_directory(
                 input_dir,
                 target,
@@ -261,11 +325,22 @@ def protect(
                 strength=strength,
                 kernel_size=kernel_size,
                 blur=blur,
+                surrogate=surrogate,
+                clusters=num_clusters or DEFAULT_CLUSTERS,
+                uc_config=uc_config,
+                device=device_choice(device) if uses_clusters else None,
+                allow_pickle=allow_pickle,
                 options=output_options(fmt, quality, strip_gps, max_pixels),
                 resume=resume,
                 workers=workers,
                 progress=update,
+                stage_progress=stage_update,
             )
+    except SurrogateError as exc:
+        fail_usage(
+            f"{exc}\nTry --surrogate random to run without downloads (a weak protection, for "
+            "trials), or pass local weights: --surrogate MODEL:/path/to/weights.safetensors."
+        )
     except (ProtectUsageError, LabelError, ValueError) as exc:
         fail_usage(str(exc))
     if preview:
@@ -276,8 +351,72 @@ def protect(
     sys.exit(EXIT_FAILURES if run_result.failed else EXIT_OK)
 
 
+def protect_uc_config(method: str, eps: float | None, uc_steps: int | None) -> UCConfig | None:
+    """The UC settings from ``--eps`` (1/255 units) and ``--uc-steps``; None for CUDA."""
+    if method != "uc":
+        if eps is not None or uc_steps is not None:
+            fail_usage("--eps and --uc-steps are settings of --method uc")
+        return None
+    defaults = UCConfig()
+    return UCConfig(
+        eps=(eps if eps is not None else 16.0) / 255.0,
+        steps=uc_steps if uc_steps is not None else defaults.steps,
+    )
+
+
+@contextmanager
+def surrogate_warnings():
+    """Show a random-surrogate warning as one readable line (other warnings pass through)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", WeakSurrogateWarning)
+        try:
+            yield
+        finally:
+            for item in caught:
+                if issubclass(item.category, WeakSurrogateWarning):
+                    err_console.print(f"[yellow]warning:[/] {item.message}", highlight=False)
+                else:
+                    warnings.showwarning(
+                        item.message, item.category, item.filename, item.lineno
+                    )
+
+
+@contextmanager
+def protect_progress(quiet: bool):
+    """Progress bars for ``protect``: yields ``(files_callback, stage_callback)``; one bar per
+    clustering stage (reading, features, perturbations), then one for the files."""
+    if quiet or not err_console.is_terminal:
+        yield (lambda done, total: None), (lambda stage, done, total: None)
+        return
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+    )
+    names = {
+        "reading": "hashing files",
+        "features": "surrogate features",
+        "perturbations": "optimising perturbations",
+        "protecting": "protecting",
+    }
+    with Progress(*columns, console=err_console, transient=True) as bar:
+        tasks: dict[str, object] = {}
+
+        def stage_update(stage: str, done: int, total: int | None) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(names.get(stage, stage), total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        def update(done: int, total: int) -> None:
+            stage_update("protecting", done, total)
+
+        yield update, stage_update
+
+
 def report_protect_run(run_result: ProtectRun, quiet: bool, as_json: bool) -> None:
     summary = run_result.manifest.summary
+    clustering = run_result.manifest.extra.get("clustering")
     if run_result.lossy_output:
         err_console.print(
             "[yellow]warning:[/] some outputs were written in a lossy format (JPEG/WebP); "
@@ -290,6 +429,8 @@ def report_protect_run(run_result: ProtectRun, quiet: bool, as_json: bool) -> No
                 "output": str(run_result.output_dir),
                 "manifest": str(run_result.manifest_path),
                 "key_fingerprint": run_result.manifest.key_fingerprint,
+                "method": run_result.manifest.method,
+                **({"clustering": clustering} if clustering else {}),
                 **summary,
                 "failures": [{"path": r.path, "error": r.error} for r in run_result.failed],
             }
@@ -317,7 +458,43 @@ def report_protect_run(run_result: ProtectRun, quiet: bool, as_json: bool) -> No
         ("key", run_result.manifest.key_fingerprint),
         ("output", str(run_result.output_dir)),
     ]
+    if clustering:
+        rows[-2:-2] = clustering_rows(run_result.manifest.method, clustering)
     out_console.print(summary_table("unlearnable protect", rows))
+
+
+def clustering_rows(method: str, clustering: dict) -> list[tuple[str, str]]:
+    """Summary rows for a run that used surrogate clusters (UC or cluster-CUDA)."""
+    rate = clustering.get("feature_images_per_second")
+    features = (
+        "from the cache"
+        if clustering.get("features_from_cache")
+        else f"{clustering.get('feature_seconds', 0):.1f} s"
+        + (f" ({rate:.1f} images/s)" if rate else "")
+    )
+    rows = [
+        ("method", "Unlearnable Clusters" if method == "uc" else "CUDA on clusters"),
+        ("surrogate", f"{clustering['surrogate']} ({clustering.get('surrogate_name', '')})"),
+        (
+            "clusters",
+            f"{clustering['k']} (sizes {', '.join(map(str, clustering['cluster_sizes']))})",
+        ),
+        ("features", features),
+    ]
+    uc = clustering.get("uc")
+    if uc:
+        rows.append(
+            (
+                "perturbations",
+                f"eps {uc['eps_255']:g}/255, {uc['config']['steps']} steps, "
+                + (
+                    "from the cache"
+                    if clustering.get("state_from_cache")
+                    else f"{uc['optimise_seconds']:.1f} s"
+                ),
+            )
+        )
+    return rows
 
 
 def fresh_folder(base: Path) -> Path:
@@ -330,26 +507,20 @@ def fresh_folder(base: Path) -> Path:
 
 
 @main.command()
-@click.option(
-    "--output",
-    "output_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Folder for the demo (default: a new ./unlearnable-demo folder).",
-)
-@click.option(
-    "--per-class",
-    type=click.IntRange(2),
-    default=60,
-    show_default=True,
-    help="Training images per class of the built-in example.",
-)
+@click.option("--output", "output_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for the demo (default: a new ./unlearnable-demo folder).")
+@click.option("--per-class", type=click.IntRange(2), default=80, show_default=True,
+              help="Training images per class of the built-in example.")
+@click.option("--epochs", type=click.IntRange(1), default=8, show_default=True,
+              help="Training epochs of the verification victims.")
+@click.option("--no-verify", is_flag=True, help="Only protect; skip the verification.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
-def demo(output_dir: Path | None, per_class: int, quiet: bool) -> None:
+def demo(output_dir: Path | None, per_class: int, epochs: int, no_verify: bool, quiet: bool) -> None:
     """Run the main job on a built-in example: no downloads, no data to fetch.
 
-    Makes a small labelled image set, a fresh key, and a protected copy, and says where
-    everything is.
+    Makes a small labelled image set (synthetic shapes and textures), a fresh key and a
+    protected copy, then plays the scraper: trains a small CNN on the clean and on the
+    protected copy and prints how much the protection held (a minute or two on a laptop CPU).
     """
     folder = output_dir or fresh_folder(Path("unlearnable-demo"))
     if folder.exists() and any(folder.iterdir()):
@@ -360,26 +531,36 @@ def demo(output_dir: Path | None, per_class: int, quiet: bool) -> None:
     test_count = write_demo_folder(clean_test, max(2, per_class // 3), seed=1)
     key = write_key_file(key_path)
     with progress_bar("protecting", quiet) as update:
-        run_result = protect_directory(
-            clean_train, protected_train, key, labels="folders", workers=1, progress=update
-        )
+        run_result = protect_directory(clean_train, protected_train, key, labels="folders",
+                                       workers=1, progress=update)
     summary = run_result.manifest.summary
+    from .io.preview import write_preview
+
     rows = [
-        (
-            "example",
-            f"{count} training + {test_count} test images, {len(DEMO_CLASSES)} classes, 32x32 px",
-        ),
+        ("example", f"{count} training + {test_count} test images, {len(DEMO_CLASSES)} classes, 32x32 px"),
         ("clean images", str(clean_train)),
         ("key", f"{key_path} (fingerprint {key.fingerprint})"),
-        (
-            "protected copy",
-            f"{protected_train} ({summary['ok']} files, mean PSNR {summary['mean_psnr']:.1f} dB)",
-        ),
+        ("protected copy", f"{protected_train} ({summary['ok']} files, mean PSNR {summary['mean_psnr']:.1f} dB)"),
         ("manifest", str(run_result.manifest_path)),
+        ("preview", str(write_preview(clean_train, run_result, 4))),
     ]
-    out_console.print(summary_table("unlearnable demo", rows))
+    out_console.print(summary_table("unlearnable demo: protect", rows))
     if run_result.failed:
         sys.exit(EXIT_FAILURES)
+    if no_verify:
+        return
+    out_console.print("\nPlaying the scraper: training a small CNN on the clean and on the protected copy...")
+    report, run_dir = verify_folders(protected_train, clean_train, clean_test, attack_spec="erm",
+                                     budget="quick", epochs=epochs, device="cpu",
+                                     run_dir=folder / "verify-run", quiet=quiet)
+    out_console.print(verify_table(report))
+    attack = report["attacks"][0]
+    out_console.print(
+        f"A model trained on the clean copy reaches {100 * attack['clean']['peak_mean']:.0f}% on new images; "
+        f"trained on the protected copy it reaches {100 * attack['protected']['peak_mean']:.0f}% "
+        f"(chance: {100 * attack['chance']:.0f}%). Report: {run_dir / 'report.md'}",
+        highlight=False,
+    )
 
 
 # --------------------------------------------------------------------------- verify

@@ -150,10 +150,10 @@ def make_demo_images(
         c0, c1 = rng.uniform(0.0, 1.0, 3), rng.uniform(0.0, 1.0, 3)
         background = c0 * (1 - ramp[..., None]) + c1 * ramp[..., None]
         colour = rng.uniform(0.0, 1.0, 3)
-        opacity = rng.uniform(0.35, 0.8)
+        opacity = rng.uniform(0.3, 0.6)
         mask = _class_mask(classes[label], xx, yy, rng) * opacity
         picture = background * (1 - mask[..., None]) + colour * mask[..., None]
-        picture += rng.normal(0, 0.06, picture.shape)
+        picture += rng.normal(0, 0.12, picture.shape)
         images[index] = np.clip(picture * 255 + 0.5, 0, 255).astype(np.uint8)
     return images, labels
 

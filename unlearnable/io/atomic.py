@@ -5,28 +5,30 @@ A reader (or a crash) never sees a half-written file: either the old file or the
 
 from __future__ import annotations
 
+import itertools
 import os
-import tempfile
 from pathlib import Path
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+_COUNTER = itertools.count()
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, mode: int = 0o666) -> None:
-    """Write ``data`` to ``path`` atomically; parent folders are created; permissions follow
-    ``mode`` masked by the process umask (0600 stays 0600)."""
+    """Write ``data`` to ``path`` atomically; parent folders are created; permissions are
+    ``mode`` masked by the process umask, as for a plain ``open``."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    temp = target.with_name(f".{target.name}.{os.getpid()}.{next(_COUNTER)}.tmp")
+    try:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    except FileNotFoundError:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
-        os.chmod(temp_name, mode & ~_UMASK)
-        os.replace(temp_name, target)
+        os.replace(temp, target)
     except BaseException:
         try:
-            os.unlink(temp_name)
+            os.unlink(temp)
         except FileNotFoundError:
             pass
         raise

@@ -11,7 +11,7 @@ import hashlib
 import os
 import time
 from collections import defaultdict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Collection, Hashable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -151,12 +151,15 @@ def protect_folder(
     clusters: dict[str, int] | None = None,
     extra_manifest: dict[str, Any] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    run_files: Collection[str] = (),
 ) -> ProtectRun:
     """Protect every labelled image of ``input_dir`` into ``output_dir``.
 
     ``labels`` maps relative paths (from :func:`unlearnable.io.discover_images`) to label names;
     ``classes`` lists the label names (index = class id given to the protector). Files in
-    ``label_problems`` are recorded as errors. Returns a :class:`ProtectRun`; raises
+    ``label_problems`` are recorded as errors. ``run_files`` names top-level files of
+    ``output_dir`` that this run wrote before the images (e.g. the UC feature cache); they do not
+    make the folder count as "not empty". Returns a :class:`ProtectRun`; raises
     :class:`ProtectUsageError` before writing anything when the request is not valid.
     """
     check_folders(input_dir, output_dir)
@@ -168,7 +171,7 @@ def protect_folder(
         classes=list(classes),
         extra=dict(extra_manifest or {}),
     )
-    previous = _previous_records(output_dir, manifest, resume)
+    previous = _previous_records(output_dir, manifest, resume, run_files)
     class_index = {name: index for index, name in enumerate(classes)}
     tasks = [
         _Task(path, class_index[label], label, previous.get(path), (clusters or {}).get(path))
@@ -189,6 +192,7 @@ def protect_folder(
     total = len(tasks)
     done = 0
     last_checkpoint = started
+    checkpoint_every = CHECKPOINT_SECONDS
     lossy = False
     resumed = 0
     for result in _run_chunks(settings, _chunks(input_dir, tasks), workers):
@@ -199,10 +203,14 @@ def protect_folder(
         done += len(result.records)
         if progress is not None:
             progress(done, total)
-        if time.perf_counter() - last_checkpoint > CHECKPOINT_SECONDS:
+        if time.perf_counter() - last_checkpoint > checkpoint_every:
+            # A checkpoint lets --resume skip finished files after a crash; its cost grows with
+            # the number of records, so checkpoints are spaced to take <= 5% of the run.
+            write_started = time.perf_counter()
             manifest.files = _ordered(records)
             manifest.write(output_dir)
             last_checkpoint = time.perf_counter()
+            checkpoint_every = max(CHECKPOINT_SECONDS, 20 * (last_checkpoint - write_started))
     seconds = time.perf_counter() - started
 
     manifest.files = _ordered(records)
@@ -215,22 +223,31 @@ def _options_json(options: OutputOptions) -> dict[str, Any]:
     return {"format": options.format, "quality": options.quality, "strip_gps": options.strip_gps}
 
 
-def _previous_records(output_dir: Path, manifest: Manifest, resume: bool) -> dict[str, FileRecord]:
-    manifest_file = output_dir / MANIFEST_NAME
+def check_output_folder(output_dir: Path, resume: bool, run_files: Collection[str] = ()) -> None:
+    """Refuse a non-empty output folder without ``resume``, and one with files but no manifest
+    with it. Top-level entries named in ``run_files`` (this run's own sidecar files) are ignored."""
     if not output_dir.exists():
-        return {}
+        return
+    occupied = any(entry.name not in run_files for entry in output_dir.iterdir())
+    if not occupied:
+        return
     if not resume:
-        if any(output_dir.iterdir()):
-            raise ProtectUsageError(
-                f"output folder {output_dir} is not empty; use --resume to continue a run there, "
-                "or choose another folder"
-            )
-        return {}
-    if not manifest_file.exists():
-        if any(output_dir.iterdir()):
-            raise ProtectUsageError(
-                f"--resume: {output_dir} has files but no {MANIFEST_NAME}; refusing to write there"
-            )
+        raise ProtectUsageError(
+            f"output folder {output_dir} is not empty; use --resume to continue a run there, "
+            "or choose another folder"
+        )
+    if not (output_dir / MANIFEST_NAME).exists():
+        raise ProtectUsageError(
+            f"--resume: {output_dir} has files but no {MANIFEST_NAME}; refusing to write there"
+        )
+
+
+def _previous_records(
+    output_dir: Path, manifest: Manifest, resume: bool, run_files: Collection[str] = ()
+) -> dict[str, FileRecord]:
+    manifest_file = output_dir / MANIFEST_NAME
+    check_output_folder(output_dir, resume, run_files)
+    if not resume or not manifest_file.exists():
         return {}
     try:
         earlier = read_manifest(manifest_file)

@@ -1,0 +1,159 @@
+"""Protect throughput against the I/O floor, on the same files with the same worker count.
+
+(a) floor: decode + re-encode to the same format with Pillow (JPEG keeps its quantisation
+    tables) + write each file, in ``--workers`` processes, chunks of 64 files;
+(b) protect: ``unlearnable.protect_directory`` (decode, CUDA filter, PSNR/SSIM, encode, atomic
+    write, sha256, manifest) with the same workers.
+
+Datasets: the CIFAR-10 JPEG train split (50,000 files of 32x32; ``--data``, ``--limit``) and a
+folder of large photos made by the benchmark (``--photos`` images of ``--photo-size``).
+Prints images/s of both and their ratio (protect / floor).
+
+    python benchmarks/protect_throughput.py                 # everything
+    python benchmarks/protect_throughput.py --limit 5000 --photos 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import shutil
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _data import cifar10_root  # noqa: E402
+
+from unlearnable import SecretKey, protect_directory  # noqa: E402
+from unlearnable.io.discover import discover_images  # noqa: E402
+from unlearnable.protect.folder import default_workers  # noqa: E402
+
+
+def _floor_chunk(args: tuple[Path, Path, list[str]]) -> int:
+    source, target, files = args
+    for rel in files:
+        data = (source / rel).read_bytes()
+        image = Image.open(io.BytesIO(data))
+        image.load()
+        options = {"quality": "keep"} if image.format == "JPEG" else {}
+        buffer = io.BytesIO()
+        image.save(buffer, format=image.format, **options)
+        out = target / rel
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(buffer.getvalue())
+    return len(files)
+
+
+def io_floor(source: Path, target: Path, files: list[str], workers: int) -> float:
+    chunks = [(source, target, files[i : i + 64]) for i in range(0, len(files), 64)]
+    start = time.perf_counter()
+    if workers == 1:
+        for chunk in chunks:
+            _floor_chunk(chunk)
+    else:
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            list(pool.map(_floor_chunk, chunks))
+    return time.perf_counter() - start
+
+
+def protect_time(source: Path, target: Path, workers: int) -> tuple[float, int]:
+    start = time.perf_counter()
+    run = protect_directory(source, target, SecretKey(bytes(32)), labels="auto", workers=workers)
+    seconds = time.perf_counter() - start
+    assert not run.failed, run.failed[:3]
+    return seconds, len(run.succeeded)
+
+
+def subset(root: Path, limit: int | None, scratch: Path) -> Path:
+    """``root`` itself, or a folder of symlinks to its first ``limit`` files (per sorted order)."""
+    if limit is None:
+        return root
+    files = discover_images(root).files[:limit]
+    folder = scratch / "subset"
+    for rel in files:
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).symlink_to(root / rel)
+    return folder
+
+
+def make_photos(folder: Path, count: int, width: int, height: int) -> Path:
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    for i in range(count):
+        base = (np.sin(xx / rng.uniform(20, 200)) + np.cos(yy / rng.uniform(20, 200))) * 60 + 128
+        pixels = np.stack([base + rng.uniform(-40, 40) for _ in range(3)], axis=-1)
+        pixels += rng.normal(0, 6, pixels.shape)
+        (folder / "photos").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(
+            folder / "photos" / f"photo{i:03d}.jpg", quality=90
+        )
+    return folder
+
+
+def measure(name: str, source: Path, workers: int, scratch: Path) -> dict:
+    files = discover_images(source).files
+    floor_dir, protect_dir = scratch / f"{name}-floor", scratch / f"{name}-protect"
+    floor_s = io_floor(source, floor_dir, files, workers)
+    shutil.rmtree(floor_dir)
+    protect_s, done = protect_time(source, protect_dir, workers)
+    shutil.rmtree(protect_dir)
+    return {
+        "name": name,
+        "files": len(files),
+        "floor": len(files) / floor_s,
+        "protect": done / protect_s,
+        "floor_s": floor_s,
+        "protect_s": protect_s,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data", help="CIFAR-10 JPEG folder (train/ inside) or its .tar.gz")
+    parser.add_argument(
+        "--limit", type=int, default=None, help="use only the first N training files"
+    )
+    parser.add_argument("--photos", type=int, default=40, help="number of large photos (0: skip)")
+    parser.add_argument("--photo-size", default="3000x2000", help="WIDTHxHEIGHT of the photos")
+    parser.add_argument("--workers", type=int, default=default_workers())
+    parser.add_argument("--skip-cifar", action="store_true")
+    args = parser.parse_args()
+    width, height = map(int, args.photo_size.lower().split("x"))
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="unlearnable-bench-") as tmp:
+        scratch = Path(tmp)
+        if not args.skip_cifar:
+            train = cifar10_root(args.data) / "train"
+            rows.append(
+                measure(
+                    "cifar10-train-jpeg", subset(train, args.limit, scratch), args.workers, scratch
+                )
+            )
+        if args.photos:
+            photos = make_photos(scratch / "photos-src", args.photos, width, height)
+            rows.append(measure(f"photos-{args.photo_size}-jpeg", photos, args.workers, scratch))
+
+    print(f"\nprotect throughput, workers={args.workers}, cpu cores={os.cpu_count()}")
+    print(
+        f"{'dataset':<28}{'files':>8}{'floor img/s':>13}{'protect img/s':>15}{'ratio':>8}{'protect s':>11}"
+    )
+    for row in rows:
+        print(
+            f"{row['name']:<28}{row['files']:>8}{row['floor']:>13.1f}{row['protect']:>15.1f}"
+            f"{row['protect'] / row['floor']:>8.2f}{row['protect_s']:>11.1f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
