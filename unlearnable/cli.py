@@ -26,7 +26,7 @@ from .protect.uc_pipeline import DEFAULT_CLUSTERS, DEFAULT_SURROGATE
 
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE = 0, 1, 2
 
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # messages stay greppable, never re-wrapped
 out_console = Console()
 
 
@@ -376,9 +376,7 @@ def surrogate_warnings():
                 if issubclass(item.category, WeakSurrogateWarning):
                     err_console.print(f"[yellow]warning:[/] {item.message}", highlight=False)
                 else:
-                    warnings.showwarning(
-                        item.message, item.category, item.filename, item.lineno
-                    )
+                    warnings.showwarning(item.message, item.category, item.filename, item.lineno)
 
 
 @contextmanager
