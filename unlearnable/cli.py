@@ -436,6 +436,13 @@ def report_protect_run(run_result: ProtectRun, quiet: bool, as_json: bool) -> No
         return
     for record in run_result.failed:
         err_console.print(f"[red]failed:[/] {record.path}: {record.error}", highlight=False)
+    if clustering and clustering.get("uc"):
+        err_console.print(
+            f"[yellow]warning:[/] {clustering['state_file']} in the output folder holds the "
+            "perturbations, which would let anyone remove them: keep it (it makes --resume "
+            "fast) but do not publish it with the images",
+            highlight=False,
+        )
     if quiet:
         return
     rate = summary.get("images_per_second")
@@ -492,6 +499,14 @@ def clustering_rows(method: str, clustering: dict) -> list[tuple[str, str]]:
                 ),
             )
         )
+    rows.append(
+        (
+            "do not publish",
+            f"{clustering['state_file']} and {clustering['feature_cache']} (run caches"
+            + (": they hold the perturbations" if uc else "")
+            + "); share only the images",
+        )
+    )
     return rows
 
 
