@@ -105,7 +105,7 @@ def measure(name: str, source: Path, workers: int, scratch: Path) -> dict:
     shutil.rmtree(floor_dir)
     protect_s, done = protect_time(source, protect_dir, workers)
     shutil.rmtree(protect_dir)
-    return {
+    row = {
         "name": name,
         "files": len(files),
         "floor": len(files) / floor_s,
@@ -113,6 +113,12 @@ def measure(name: str, source: Path, workers: int, scratch: Path) -> dict:
         "floor_s": floor_s,
         "protect_s": protect_s,
     }
+    print(
+        f"{name}: floor {row['floor']:.1f} img/s ({floor_s:.1f} s), "
+        f"protect {row['protect']:.1f} img/s ({protect_s:.1f} s), ratio {row['protect'] / row['floor']:.2f}",
+        flush=True,
+    )
+    return row
 
 
 def main() -> None:

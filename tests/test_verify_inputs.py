@@ -87,3 +87,14 @@ def test_verify_cli_end_to_end_and_usage_errors(folders, tmp_path, runner):
     empty.mkdir()
     assert runner.invoke(main, ["verify", str(protected), "--clean-train", str(clean), "--test", str(empty)]).exit_code == 2
     assert runner.invoke(main, [*args, "--model", "no-such-model"]).exit_code == 2
+
+
+def test_labels_option_overrides_manifest_labels_but_keeps_its_pairing(folders, tmp_path, runner, key_file):
+    clean, _, test = folders
+    out = tmp_path / "png"
+    result = runner.invoke(main, ["protect", str(clean), "-o", str(out), "--key", str(key_file), "-q", "--labels", "single", "--format", "jpeg"])
+    assert result.exit_code == 0, result.output
+    by_manifest = load_verify_folders(out, clean, test, hacker_labels="folders")
+    assert by_manifest.data.class_names == ["all"] and by_manifest.data.num_classes == 3
+    by_folders = load_verify_folders(out, clean, test, labels="folders")
+    assert by_folders.data.class_names == ["car", "cat", "dog"] and by_folders.owner_label_mode == "folders"

@@ -134,35 +134,32 @@ def load_verify_folders(
     return LoadedFolders(data, size, train_rel, test_files, owner_mode, scraper_mode)
 
 
-def _training_pairs(
-    protected_dir: Path, clean_dir: Path, labels: str
-) -> tuple[list[tuple[str, str]], list[str], str]:
-    """``[(protected relative path, clean relative path)]``, owner label names, label mode."""
-    if (protected_dir / MANIFEST_NAME).exists() and labels == "auto":
+def _training_pairs(protected_dir: Path, clean_dir: Path, labels: str) -> tuple[list[tuple[str, str]], list[str], str]:
+    """``[(protected relative path, clean relative path)]``, owner label names, label mode.
+
+    With a manifest, files are paired through it (so a changed output format is no problem)
+    and labelled by it, unless ``labels`` names another source, which is then applied to the
+    clean relative paths (e.g. ``folders`` for a folder protected with clusters).
+    """
+    if (protected_dir / MANIFEST_NAME).exists():
         try:
             manifest = read_manifest(protected_dir)
         except ManifestError as exc:
             raise VerifyInputError(str(exc)) from None
         records = [r for r in manifest.files if r.status == "ok"]
         pairs = [(r.output_path or r.path, r.path) for r in records]
-        names = [r.label or "all" for r in records]
         missing = [c for _, c in pairs if not (clean_dir / c).is_file()]
         if missing:
             raise VerifyInputError(
                 f"{len(missing)} files of the manifest are missing from the clean training folder "
                 f"{clean_dir}, e.g. {missing[0]}"
             )
-        return pairs, names, f"manifest:{manifest.label_mode}"
+        if labels == "auto":
+            return pairs, [r.label or "all" for r in records], f"manifest:{manifest.label_mode}"
+        assignment = _assign(clean_dir, [c for _, c in pairs], labels)
+        return pairs, [assignment.labels[c] for _, c in pairs], assignment.mode
     discovery = discover_images(protected_dir)
-    try:
-        assignment = assign_labels(protected_dir, discovery.files, labels)
-    except LabelError as exc:
-        raise VerifyInputError(str(exc)) from None
-    if assignment.problems:
-        first = next(iter(assignment.problems.items()))
-        raise VerifyInputError(
-            f"{len(assignment.problems)} protected files without a label, e.g. {first[0]}: {first[1]}"
-        )
+    assignment = _assign(protected_dir, discovery.files, labels)
     files = sorted(assignment.labels)
     missing = [f for f in files if not (clean_dir / f).is_file()]
     if missing:
@@ -171,6 +168,17 @@ def _training_pairs(
             f"in {clean_dir}, e.g. {missing[0]}"
         )
     return [(f, f) for f in files], [assignment.labels[f] for f in files], assignment.mode
+
+
+def _assign(root: Path, files: list[str], labels: str):
+    try:
+        assignment = assign_labels(root, files, labels)
+    except LabelError as exc:
+        raise VerifyInputError(str(exc)) from None
+    if assignment.problems:
+        first = next(iter(assignment.problems.items()))
+        raise VerifyInputError(f"{len(assignment.problems)} training files without a label, e.g. {first[0]}: {first[1]}")
+    return assignment
 
 
 def _scraper_labels(

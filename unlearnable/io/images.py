@@ -106,10 +106,12 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedIm
         raise ImageDecodeError(f"images in mode {image.mode} are not supported")
 
     save_options = _format_save_options(image, source_format)
-    exif = image.getexif() if "exif" in image.info or len(image.getexif()) else None
+    exif = image.getexif()
+    exif = exif if len(exif) else None
     icc_profile = image.info.get("icc_profile")
     try:
-        upright = ImageOps.exif_transpose(image) or image
+        rotated = exif is not None and exif.get(_ORIENTATION, 1) != 1
+        upright = (ImageOps.exif_transpose(image) or image) if rotated else image
     except Exception as exc:
         raise ImageDecodeError(f"cannot apply EXIF orientation: {exc}") from None
     original_mode = image.mode
@@ -158,6 +160,14 @@ def _format_save_options(image: Image.Image, source_format: str) -> dict:
         if compression in {"raw", "tiff_lzw", "tiff_adobe_deflate", "packbits"}:
             options["compression"] = compression
     return options
+
+
+def decode_pixels(data: bytes, channels: int) -> np.ndarray:
+    """Pixels of an image this module encoded (orientation already upright), uint8
+    ``(H, W, channels)`` with channels 1 or 3: a light decode for quality metrics."""
+    image = Image.open(io.BytesIO(data)).convert("L" if channels == 1 else "RGB")
+    array = np.asarray(image)
+    return array[..., None] if channels == 1 else array
 
 
 def output_format(source_format: str, requested: str) -> str:

@@ -13,6 +13,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Collection, Hashable
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -29,6 +30,7 @@ from ..io.images import (
     DecodedImage,
     ImageDecodeError,
     decode_image,
+    decode_pixels,
     encode_image,
     is_lossy,
     output_format,
@@ -37,7 +39,10 @@ from ..io.manifest import MANIFEST_NAME, FileRecord, Manifest, ManifestError, re
 from ..metrics import psnr, ssim
 
 CHUNK_FILES = 64
-CHUNK_BYTES = 48 * 1024 * 1024
+CHUNK_BYTES = 16 * 1024 * 1024
+# Images are protected in batches of at most this many pixels, which bounds a worker's memory
+# (float copies, FFT buffers) to a few hundred MB whatever the image size.
+BATCH_PIXELS = 4_000_000
 CHECKPOINT_SECONDS = 5.0
 
 
@@ -310,9 +315,15 @@ def _run_chunks(settings: _WorkerSettings, chunks: list[list[_Task]], workers: i
     with ProcessPoolExecutor(
         workers, mp_context=context, initializer=_init_worker, initargs=(settings,)
     ) as pool:
-        futures = [pool.submit(_process_chunk_in_worker, chunk) for chunk in chunks]
+        futures = {pool.submit(_process_chunk_in_worker, chunk): chunk for chunk in chunks}
         for future in as_completed(futures):
-            yield future.result()
+            try:
+                yield future.result()
+            except BrokenProcessPool:
+                # A worker died (most often: out of memory). Its files, and those it could not
+                # start, are reported as failed; a --resume with fewer --workers redoes them.
+                message = "a worker process died (out of memory?); rerun with --resume and fewer --workers"
+                yield _ChunkResult([_error(task, message) for task in futures[future]], False, 0)
 
 
 _WORKER_SETTINGS: _WorkerSettings | None = None
@@ -374,10 +385,12 @@ def _process_chunk(settings: _WorkerSettings, chunk: list[_Task]) -> _ChunkResul
         plan = settings.protector.plan(item.image.height, item.image.width)
         groups[(item.image.pixels.shape, plan)].append(item)
     lossy = False
-    for (_, plan), items in groups.items():
-        group_records, group_lossy = _protect_group(settings, plan, items)
-        records.extend(group_records)
-        lossy |= group_lossy
+    for (shape, plan), items in groups.items():
+        per_batch = max(1, BATCH_PIXELS // (shape[0] * shape[1]))
+        for start in range(0, len(items), per_batch):
+            group_records, group_lossy = _protect_group(settings, plan, items[start : start + per_batch])
+            records.extend(group_records)
+            lossy |= group_lossy
     return _ChunkResult(records, lossy, resumed)
 
 
@@ -412,7 +425,7 @@ def _protect_group(
             continue
         if is_lossy(fmt, image):
             lossy = True
-            stored[index] = decode_image(data).pixels  # metrics describe the file as written
+            stored[index] = decode_pixels(data, stored.shape[3])  # metrics describe the file as written
         relative = settings.output_names.get(task.path, task.path)
         try:
             atomic_write_bytes(settings.output_dir / relative, data)
