@@ -23,12 +23,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .datasets import LabelError, assign_labels, read_label_csv
+from .imageops import square_rgb, to_uint8
 from .io.discover import discover_images
 from .io.images import ImageDecodeError, decode_image
 from .io.manifest import MANIFEST_NAME, ManifestError, read_manifest
@@ -134,7 +133,9 @@ def load_verify_folders(
     return LoadedFolders(data, size, train_rel, test_files, owner_mode, scraper_mode)
 
 
-def _training_pairs(protected_dir: Path, clean_dir: Path, labels: str) -> tuple[list[tuple[str, str]], list[str], str]:
+def _training_pairs(
+    protected_dir: Path, clean_dir: Path, labels: str
+) -> tuple[list[tuple[str, str]], list[str], str]:
     """``[(protected relative path, clean relative path)]``, owner label names, label mode.
 
     With a manifest, files are paired through it (so a changed output format is no problem)
@@ -177,7 +178,9 @@ def _assign(root: Path, files: list[str], labels: str):
         raise VerifyInputError(str(exc)) from None
     if assignment.problems:
         first = next(iter(assignment.problems.items()))
-        raise VerifyInputError(f"{len(assignment.problems)} training files without a label, e.g. {first[0]}: {first[1]}")
+        raise VerifyInputError(
+            f"{len(assignment.problems)} training files without a label, e.g. {first[0]}: {first[1]}"
+        )
     return assignment
 
 
@@ -246,31 +249,9 @@ def _default_size(paths: list[Path]) -> int:
 
 
 def _load(paths: list[Path], size: int, counter: _Counter) -> Tensor:
-    """uint8 ``(N, 3, size, size)``."""
+    """uint8 ``(N, 3, size, size)``: grey repeated to RGB, centre square resized to ``size``."""
     out = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
     for index, path in enumerate(paths):
-        pixels = _decode(path).pixels
-        if pixels.shape[2] == 1:
-            pixels = np.repeat(pixels, 3, axis=2)
-        tensor = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)
-        if tensor.shape[1:] != (size, size):
-            tensor = _resize_centre_crop(tensor, size)
-        out[index] = tensor
+        out[index] = to_uint8(square_rgb(_decode(path).pixels, size))
         counter.step()
     return out
-
-
-def _resize_centre_crop(image: Tensor, size: int) -> Tensor:
-    """uint8 ``(3, H, W)`` -> uint8 ``(3, size, size)``: short side to ``size``, centre crop."""
-    _, h, w = image.shape
-    scale = size / min(h, w)
-    new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
-    resized = F.interpolate(
-        image[None].float(),
-        size=(new_h, new_w),
-        mode="bilinear",
-        antialias=True,
-        align_corners=False,
-    )[0]
-    top, left = (new_h - size) // 2, (new_w - size) // 2
-    return resized[:, top : top + size, left : left + size].round().clamp(0, 255).to(torch.uint8)

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from ..imageops import to_uint8
 from ..io.atomic import atomic_write_bytes
 from ..io.discover import discover_images
 from ..io.images import (
@@ -401,7 +402,7 @@ def _protect_group(
     originals = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div_(255.0)
     label_ids = torch.tensor([item.task.label_id for item in items], dtype=torch.int64)
     protected = settings.protector.apply(originals, label_ids, plan)
-    protected_u8 = protected.mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
+    protected_u8 = to_uint8(protected)
     protected_u8_hwc = protected_u8.permute(0, 2, 3, 1).contiguous().numpy()
     plan_json = settings.protector.describe_plan(plan)
 

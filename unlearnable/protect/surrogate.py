@@ -59,8 +59,9 @@ from urllib.parse import urlparse
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ..imageops import resize_center_crop
 
 ProgressCallback = Callable[[int, int | None], None]
 """``progress(done, total)``; ``total`` is ``None`` when it is not known in advance."""
@@ -105,28 +106,6 @@ class WeakSurrogateWarning(UserWarning):
 # --------------------------------------------------------------------------------------------
 # Image preparation
 # --------------------------------------------------------------------------------------------
-
-
-def resize_center_crop(images: Tensor, size: int) -> Tensor:
-    """Centre-crop to a square (the short side) and resize to ``size x size``.
-
-    images: ``(B, C, H, W)`` float; returns ``(B, C, size, size)``, same dtype and device. The
-    resize is bilinear with antialiasing (so downsizing averages instead of aliasing);
-    differentiable. A new tensor is returned; the input is not modified.
-    """
-    if images.ndim != 4:
-        raise ValueError(f"expected images of shape (B, C, H, W), got {tuple(images.shape)}")
-    height, width = images.shape[-2:]
-    side = min(height, width)
-    if height != width:
-        top = (height - side) // 2
-        left = (width - side) // 2
-        images = images[..., top : top + side, left : left + side]
-    if side == size:
-        return images.clone()
-    return F.interpolate(
-        images, size=(size, size), mode="bilinear", align_corners=False, antialias=True
-    )
 
 
 def _check_float_images(images: Tensor) -> None:

@@ -47,6 +47,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..imageops import square_rgb, to_uint8
 from ..io.atomic import atomic_write_bytes
 from ..io.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
 from ..io.manifest import MANIFEST_NAME, ManifestError, read_manifest
@@ -61,7 +62,7 @@ from .clusters import (
 )
 from .feature_cache import file_ids_digest, load_feature_cache, save_feature_cache
 from .folder import ProtectUsageError, check_output_folder
-from .surrogate import Surrogate, load_surrogate, resize_center_crop
+from .surrogate import Surrogate, load_surrogate
 
 FEATURE_CACHE_NAME = "unlearnable-features.npz"
 """Surrogate features of the input files, in the output folder (see :mod:`.feature_cache`)."""
@@ -405,19 +406,6 @@ def _hash_files(
     return readable, digests, problems
 
 
-def _square_rgb(pixels: np.ndarray, size: int) -> Tensor:
-    """uint8 ``(H, W, 1|3)`` -> float ``(3, size, size)`` in [0, 1]: grey repeated to RGB,
-    centre-cropped to a square and resized (bilinear, antialiased), as the surrogate does."""
-    image = torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
-    if image.shape[1] == 1:
-        image = image.expand(-1, 3, -1, -1)
-    return resize_center_crop(image, size)[0]
-
-
-def _to_u8(image: Tensor) -> Tensor:
-    return image.mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
-
-
 @dataclass
 class _Prepared:
     path: str
@@ -437,12 +425,12 @@ def _prepare_file(
         return _Prepared(path, error=str(exc))
     item = _Prepared(path)
     if input_size:
-        item.surrogate_input = _square_rgb(decoded.pixels, input_size)
+        item.surrogate_input = square_rgb(decoded.pixels, input_size)
     if resolution:
         if resolution == input_size and item.surrogate_input is not None:
-            item.training = _to_u8(item.surrogate_input)
+            item.training = to_uint8(item.surrogate_input)
         else:
-            item.training = _to_u8(_square_rgb(decoded.pixels, resolution))
+            item.training = to_uint8(square_rgb(decoded.pixels, resolution))
     return item
 
 
