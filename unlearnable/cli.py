@@ -101,15 +101,6 @@ def load_key_or_exit(path: Path):
     return key
 
 
-def run(argv: list[str] | None = None) -> int:
-    """Run the CLI in-process and return its exit code (for tests and scripts)."""
-    try:
-        main.main(args=argv, prog_name="unlearnable", standalone_mode=True)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
-
-
 def print_json(data: object) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False))
 
@@ -121,12 +112,6 @@ def summary_table(title: str, rows: list[tuple[str, str]]) -> Table:
     for name, value in rows:
         table.add_row(name, value)
     return table
-
-
-def output_options(
-    format: str, quality: int | None, strip_gps: bool, max_pixels: int
-) -> OutputOptions:
-    return OutputOptions(format=format, quality=quality, strip_gps=strip_gps, max_pixels=max_pixels)
 
 
 @main.command()
@@ -330,7 +315,9 @@ def protect(
                 uc_config=uc_config,
                 device=device_choice(device) if uses_clusters else None,
                 allow_pickle=allow_pickle,
-                options=output_options(fmt, quality, strip_gps, max_pixels),
+                options=OutputOptions(
+                    format=fmt, quality=quality, strip_gps=strip_gps, max_pixels=max_pixels
+                ),
                 resume=resume,
                 workers=workers,
                 progress=update,
@@ -520,15 +507,32 @@ def fresh_folder(base: Path) -> Path:
 
 
 @main.command()
-@click.option("--output", "output_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Folder for the demo (default: a new ./unlearnable-demo folder).")
-@click.option("--per-class", type=click.IntRange(2), default=80, show_default=True,
-              help="Training images per class of the built-in example.")
-@click.option("--epochs", type=click.IntRange(1), default=8, show_default=True,
-              help="Training epochs of the verification victims.")
+@click.option(
+    "--output",
+    "output_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder for the demo (default: a new ./unlearnable-demo folder).",
+)
+@click.option(
+    "--per-class",
+    type=click.IntRange(2),
+    default=80,
+    show_default=True,
+    help="Training images per class of the built-in example.",
+)
+@click.option(
+    "--epochs",
+    type=click.IntRange(1),
+    default=8,
+    show_default=True,
+    help="Training epochs of the verification victims.",
+)
 @click.option("--no-verify", is_flag=True, help="Only protect; skip the verification.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
-def demo(output_dir: Path | None, per_class: int, epochs: int, no_verify: bool, quiet: bool) -> None:
+def demo(
+    output_dir: Path | None, per_class: int, epochs: int, no_verify: bool, quiet: bool
+) -> None:
     """Run the main job on a built-in example: no downloads, no data to fetch.
 
     Makes a small labelled image set (synthetic shapes and textures), a fresh key and a
@@ -544,16 +548,23 @@ def demo(output_dir: Path | None, per_class: int, epochs: int, no_verify: bool, 
     test_count = write_demo_folder(clean_test, max(2, per_class // 3), seed=1)
     key = write_key_file(key_path)
     with progress_bar("protecting", quiet) as update:
-        run_result = protect_directory(clean_train, protected_train, key, labels="folders",
-                                       workers=1, progress=update)
+        run_result = protect_directory(
+            clean_train, protected_train, key, labels="folders", workers=1, progress=update
+        )
     summary = run_result.manifest.summary
     from .io.preview import write_preview
 
     rows = [
-        ("example", f"{count} training + {test_count} test images, {len(DEMO_CLASSES)} classes, 32x32 px"),
+        (
+            "example",
+            f"{count} training + {test_count} test images, {len(DEMO_CLASSES)} classes, 32x32 px",
+        ),
         ("clean images", str(clean_train)),
         ("key", f"{key_path} (fingerprint {key.fingerprint})"),
-        ("protected copy", f"{protected_train} ({summary['ok']} files, mean PSNR {summary['mean_psnr']:.1f} dB)"),
+        (
+            "protected copy",
+            f"{protected_train} ({summary['ok']} files, mean PSNR {summary['mean_psnr']:.1f} dB)",
+        ),
         ("manifest", str(run_result.manifest_path)),
         ("preview", str(write_preview(clean_train, run_result, 4))),
     ]
@@ -562,10 +573,20 @@ def demo(output_dir: Path | None, per_class: int, epochs: int, no_verify: bool, 
         sys.exit(EXIT_FAILURES)
     if no_verify:
         return
-    out_console.print("\nPlaying the scraper: training a small CNN on the clean and on the protected copy...")
-    report, run_dir = verify_folders(protected_train, clean_train, clean_test, attack_spec="erm",
-                                     budget="quick", epochs=epochs, device="cpu",
-                                     run_dir=folder / "verify-run", quiet=quiet)
+    out_console.print(
+        "\nPlaying the scraper: training a small CNN on the clean and on the protected copy..."
+    )
+    report, run_dir = verify_folders(
+        protected_train,
+        clean_train,
+        clean_test,
+        attack_spec="erm",
+        budget="quick",
+        epochs=epochs,
+        device="cpu",
+        run_dir=folder / "verify-run",
+        quiet=quiet,
+    )
     out_console.print(verify_table(report))
     attack = report["attacks"][0]
     out_console.print(

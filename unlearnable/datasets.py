@@ -20,7 +20,6 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 SINGLE_LABEL = "all"
-LABEL_MODES = ("auto", "folders", "single", "clusters")
 
 
 class LabelError(ValueError):

@@ -94,7 +94,6 @@ class ProtectRun:
     output_dir: Path
     manifest_path: Path
     lossy_output: bool
-    resumed: int = 0
 
     @property
     def failed(self) -> list[FileRecord]:
@@ -132,14 +131,6 @@ def check_folders(input_dir: Path, output_dir: Path) -> None:
         raise ProtectUsageError(
             f"output folder {output_dir} is the input folder or inside it; choose a separate folder"
         )
-
-
-def output_relative_path(relative: str, fmt: str, requested_format: str) -> str:
-    """The output path mirroring ``relative``; the suffix changes only when the format does."""
-    if requested_format == "keep":
-        return relative
-    stem, dot, _ = relative.rpartition(".")
-    return f"{stem if dot else relative}{EXTENSION_FOR_FORMAT[fmt]}"
 
 
 def protect_folder(
@@ -222,7 +213,7 @@ def protect_folder(
     manifest.files = _ordered(records)
     manifest.summary = _summary(manifest.files, seconds, resumed, lossy)
     manifest_path = manifest.write(output_dir)
-    return ProtectRun(manifest, output_dir, manifest_path, lossy, resumed)
+    return ProtectRun(manifest, output_dir, manifest_path, lossy)
 
 
 def _options_json(options: OutputOptions) -> dict[str, Any]:
@@ -389,7 +380,9 @@ def _process_chunk(settings: _WorkerSettings, chunk: list[_Task]) -> _ChunkResul
     for (shape, plan), items in groups.items():
         per_batch = max(1, BATCH_PIXELS // (shape[0] * shape[1]))
         for start in range(0, len(items), per_batch):
-            group_records, group_lossy = _protect_group(settings, plan, items[start : start + per_batch])
+            group_records, group_lossy = _protect_group(
+                settings, plan, items[start : start + per_batch]
+            )
             records.extend(group_records)
             lossy |= group_lossy
     return _ChunkResult(records, lossy, resumed)
@@ -426,7 +419,9 @@ def _protect_group(
             continue
         if is_lossy(fmt, image):
             lossy = True
-            stored[index] = decode_pixels(data, stored.shape[3])  # metrics describe the file as written
+            stored[index] = decode_pixels(
+                data, stored.shape[3]
+            )  # metrics describe the file as written
         relative = settings.output_names.get(task.path, task.path)
         try:
             atomic_write_bytes(settings.output_dir / relative, data)
