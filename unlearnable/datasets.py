@@ -19,10 +19,12 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from .errors import InputError
+
 SINGLE_LABEL = "all"
 
 
-class LabelError(ValueError):
+class LabelError(InputError):
     """Labels cannot be resolved (bad CSV, unknown mode): a usage error."""
 
 

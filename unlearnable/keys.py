@@ -35,12 +35,14 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import InputError
+
 KEY_BYTES = 32
 _STREAM_PREFIX = b"unlearnable/v1\x00"
 _FINGERPRINT_PREFIX = b"unlearnable/fingerprint/v1\x00"
 
 
-class KeyFileError(ValueError):
+class KeyFileError(InputError):
     """A key file is missing, unreadable, malformed, or would be overwritten."""
 
 

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from .datasets import LabelError, assign_labels, read_label_csv
+from .errors import InputError
 from .imageops import square_rgb, to_uint8
 from .io.discover import discover_images
 from .io.images import ImageDecodeError, decode_image
@@ -36,7 +37,7 @@ from .verify import VerifyData
 MAX_DEFAULT_SIZE = 224
 
 
-class VerifyInputError(ValueError):
+class VerifyInputError(InputError):
     """The folders given to ``verify`` cannot be used as they are; the message says why."""
 
 

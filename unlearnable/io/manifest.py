@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .._version import __version__
+from ..errors import InputError
 from .atomic import atomic_write_text
 
 MANIFEST_NAME = "unlearnable-manifest.json"
@@ -24,7 +25,7 @@ SCHEMA = "unlearnable.manifest"
 SCHEMA_VERSION = 1
 
 
-class ManifestError(ValueError):
+class ManifestError(InputError):
     """A manifest is unreadable or does not follow the schema."""
 
 

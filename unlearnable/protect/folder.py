@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from ..errors import UsageError
 from ..imageops import to_uint8
 from ..io.atomic import atomic_write_bytes
 from ..io.discover import discover_images
@@ -47,7 +48,7 @@ BATCH_PIXELS = 4_000_000
 CHECKPOINT_SECONDS = 5.0
 
 
-class ProtectUsageError(ValueError):
+class ProtectUsageError(UsageError):
     """The request cannot be carried out as given (paths, options); nothing was written."""
 
 

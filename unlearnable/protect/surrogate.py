@@ -61,6 +61,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..errors import UsageError
 from ..imageops import resize_center_crop
 
 ProgressCallback = Callable[[int, int | None], None]
@@ -95,7 +96,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class SurrogateError(RuntimeError):
+class SurrogateError(UsageError, RuntimeError):
     """A surrogate spec cannot be parsed or its weights cannot be loaded."""
 
 
