@@ -14,50 +14,117 @@ The public Python API (everything the CLI does)::
     # ``ul.Surrogate`` (e.g. ``ul.surrogate_from_module(my_cnn, name="cnn", input_size=32)``).
     run = ul.protect_directory("photos", "photos-uc", key, method="uc", surrogate="random",
                                clusters=10, uc_config=ul.UCConfig(eps=16 / 255, steps=100))
+
+    # Verify: train victims on the protected and on the clean copy, score, write a run folder.
+    run = ul.verify_folders("photos-protected", "photos", "test-photos",
+                            ul.VerifyOptions(attacks=("erm",), budget="quick"))
+
+    # Models: safetensors + JSON; TorchScript / torch.export archives for models built elsewhere.
+    loaded = ul.load_model("model-folder")
+
+Names are imported on first use (PEP 562), so ``import unlearnable`` and the command line's
+``--help`` do not load torch. Errors raised on purpose derive from :class:`UnlearnableError`.
 """
 
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
 from ._version import __version__
-from .keys import SecretKey, load_key_file, write_key_file
-from .protect import (
-    ClusterProtector,
-    CudaProtector,
-    FolderClusters,
-    OutputOptions,
-    ProtectRun,
-    ProtectUsageError,
-    Surrogate,
-    SurrogateError,
-    UCConfig,
-    apply_cluster_perturbations,
-    apply_cuda,
-    cluster_folder,
-    cuda_filters,
-    cuda_params,
-    load_surrogate,
-    protect_directory,
-    surrogate_from_module,
+from .errors import (
+    InputError,
+    IntegrityError,
+    ModelFileError,
+    PartialFailure,
+    UnlearnableError,
+    UsageError,
 )
 
-__all__ = [
-    "ClusterProtector",
-    "CudaProtector",
-    "FolderClusters",
-    "OutputOptions",
-    "ProtectRun",
-    "ProtectUsageError",
-    "SecretKey",
-    "Surrogate",
-    "SurrogateError",
-    "UCConfig",
-    "__version__",
-    "apply_cluster_perturbations",
-    "apply_cuda",
-    "cluster_folder",
-    "cuda_filters",
-    "cuda_params",
-    "load_key_file",
-    "load_surrogate",
-    "protect_directory",
-    "surrogate_from_module",
-    "write_key_file",
-]
+#: public name -> the module (relative to this package) that defines it
+_LAZY: dict[str, str] = {
+    # keys
+    "SecretKey": ".keys",
+    "load_key_file": ".keys",
+    "write_key_file": ".keys",
+    # protection
+    "ClusterProtector": ".protect",
+    "CudaProtector": ".protect",
+    "FolderClusters": ".protect",
+    "OutputOptions": ".protect",
+    "ProtectRun": ".protect",
+    "ProtectUsageError": ".protect",
+    "Surrogate": ".protect",
+    "SurrogateError": ".protect",
+    "UCConfig": ".protect",
+    "apply_cluster_perturbations": ".protect",
+    "apply_cuda": ".protect",
+    "cluster_folder": ".protect",
+    "cuda_filters": ".protect",
+    "cuda_params": ".protect",
+    "load_surrogate": ".protect",
+    "protect_directory": ".protect",
+    "surrogate_from_module": ".protect",
+    # verification
+    "Thresholds": ".verify",
+    "VerifyData": ".verify",
+    "VerifyResult": ".verify",
+    "run_verification": ".verify",
+    "VerifyOptions": ".verify_run",
+    "VerifyRun": ".verify_run",
+    "verify_folders": ".verify_run",
+    # models and training
+    "build_victim": ".models",
+}
+
+__all__ = sorted(
+    [
+        "InputError",
+        "IntegrityError",
+        "ModelFileError",
+        "PartialFailure",
+        "UnlearnableError",
+        "UsageError",
+        "__version__",
+        *_LAZY,
+    ]
+)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'unlearnable' has no attribute {name!r}")
+    value = getattr(import_module(module, __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+    from .keys import SecretKey, load_key_file, write_key_file
+    from .models import build_victim
+    from .protect import (
+        ClusterProtector,
+        CudaProtector,
+        FolderClusters,
+        OutputOptions,
+        ProtectRun,
+        ProtectUsageError,
+        Surrogate,
+        SurrogateError,
+        UCConfig,
+        apply_cluster_perturbations,
+        apply_cuda,
+        cluster_folder,
+        cuda_filters,
+        cuda_params,
+        load_surrogate,
+        protect_directory,
+        surrogate_from_module,
+    )
+    from .verify import Thresholds, VerifyData, VerifyResult, run_verification
+    from .verify_run import VerifyOptions, VerifyRun, verify_folders

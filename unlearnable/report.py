@@ -4,7 +4,8 @@
 ``to_json()`` dict, e.g. read back from a ``report.json``) and writes into one folder:
 
 * ``config.json``: what was run (model, training config, seeds, attacks, thresholds, data
-  sizes, versions, plus the caller's ``extra_config`` such as input paths and budget name);
+  sizes, versions and the git commit of the code (``provenance``), plus the caller's
+  ``extra_config`` such as input paths, the full options and the budget name);
 * ``report.json``: the full report (schema ``unlearnable.verify-report``, version 1);
 * ``epochs.csv``: one row per attack x training set x seed x epoch;
 * ``accuracy_<attack>.png``: test accuracy per epoch, clean vs protected, with chance level;
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .io.atomic import atomic_write_bytes, atomic_write_text
+from .provenance import provenance
 from .verify import VerifyResult, validate_report
 
 PlotBackend = Literal["auto", "pillow", "matplotlib"]
@@ -107,6 +109,7 @@ def run_config(
         "schema_version": 1,
         "created": report["created"],
         "versions": report["versions"],
+        "provenance": provenance(),
         "model": report["model"],
         "config": report["config"],
         "seeds": report["seeds"],

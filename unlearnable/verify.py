@@ -43,6 +43,7 @@ import torch
 from torch import Tensor
 
 from ._version import __version__
+from .errors import UsageError
 from .attacks.base import Attack, make_attack
 from .attacks.training import (
     TrainConfig,
@@ -162,7 +163,7 @@ class Thresholds:
 
     def __post_init__(self) -> None:
         if not self.weak <= self.protected:
-            raise ValueError(
+            raise UsageError(
                 f"the weak threshold ({self.weak}) must not exceed the protected one "
                 f"({self.protected})"
             )
@@ -428,6 +429,9 @@ class VerifyProgress:
 
 VerifyProgressCallback = Callable[[VerifyProgress], None]
 
+#: ``on_trained(attack, train_set, seed, model, image_shape)``: see :func:`run_verification`.
+TrainedCallback = Callable[[str, str, int, torch.nn.Module, tuple[int, int, int]], None]
+
 
 def _as_attack(attack: str | Attack) -> Attack:
     return make_attack(attack) if isinstance(attack, str) else attack
@@ -454,6 +458,7 @@ def run_verification(
     seeds: Sequence[int],
     thresholds: Thresholds | dict[str, float] | None = None,
     progress: VerifyProgressCallback | None = None,
+    on_trained: TrainedCallback | None = None,
 ) -> VerifyResult:
     """Train a clean and a protected victim per attack and seed; score and judge the protection.
 
@@ -463,7 +468,9 @@ def run_verification(
     (``build_victim(..., seed=seed)``) and train with ``train_classifier(..., seed=seed)``; the
     attack's ``prepare_train`` gets a generator seeded from ``seed`` too, the same for both.
     ``thresholds`` may be a :class:`Thresholds` or a dict with ``protected`` and/or ``weak``.
-    See the module docstring for the scores and the verdict.
+    ``on_trained(attack, train_set, seed, model, image_shape)`` is called with every victim
+    after its training (e.g. to save it; ``image_shape`` is ``(C, H, W)``); the victim is
+    dropped afterwards. See the module docstring for the scores and the verdict.
     """
     if not attacks:
         raise ValueError("give at least one attack")
@@ -515,6 +522,8 @@ def run_verification(
                     num_classes=num_classes,
                 )
                 result.runs.append(RunRecord(attack.name, train_set, int(seed), history))
+                if on_trained is not None:
+                    on_trained(attack.name, train_set, int(seed), victim, (channels, height, width))
                 del train_view, victim
         results.append(result)
     data_info = {

@@ -1,0 +1,388 @@
+"""``unlearnable protect``: protect a folder of images into a separate output folder."""
+
+from __future__ import annotations
+
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+
+from ..errors import EXIT_FAILURES, UsageError
+from .common import (
+    err_console,
+    load_key,
+    out_console,
+    print_json,
+    progress_bars,
+    summary_table,
+    warn,
+)
+
+METHODS = ("cuda", "uc")
+STRENGTHS = ("low", "mid", "high")
+DEFAULT_SURROGATE = "ViT-B-32:openai"
+DEFAULT_CLUSTERS = 10
+DEFAULT_MAX_PIXELS = 178_956_970
+
+
+@click.command()
+@click.argument(
+    "input_dir", metavar="INPUT", type=click.Path(exists=True, file_okay=False, path_type=Path)
+)
+@click.option(
+    "-o",
+    "--output",
+    "output_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Output folder (default: INPUT-protected beside INPUT). Must not be inside INPUT.",
+)
+@click.option(
+    "--key",
+    "key_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Private key file (make one with `unlearnable keygen`).",
+)
+@click.option(
+    "--method",
+    type=click.Choice(METHODS),
+    default="cuda",
+    show_default=True,
+    help="cuda: a key-derived blur filter per class. uc: Unlearnable Clusters, label-agnostic "
+    "(one learned perturbation per cluster of surrogate features; no labels needed).",
+)
+@click.option(
+    "--labels",
+    default="auto",
+    show_default=True,
+    help="auto | folders | single | FILE.csv (rows: relative/path,label) | clusters (the "
+    "surrogate's K clusters are the classes: label-agnostic CUDA). --method uc always uses "
+    "clusters.",
+)
+@click.option(
+    "--strength",
+    type=click.Choice(STRENGTHS),
+    default="mid",
+    show_default=True,
+    help="CUDA strength preset; (kernel size, blur) scale with the image size.",
+)
+@click.option(
+    "--kernel-size",
+    type=click.IntRange(1, 63),
+    default=None,
+    help="Expert: CUDA filter size k (odd), overrides the preset.",
+)
+@click.option(
+    "--blur",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=None,
+    help="Expert: CUDA blur parameter p_b in (0, 1], overrides the preset.",
+)
+@click.option(
+    "--surrogate",
+    default=None,
+    metavar="SPEC",
+    help=f"Feature extractor for --method uc / --labels clusters (default {DEFAULT_SURROGATE}, "
+    "downloaded on first use). MODEL:TAG (open_clip, e.g. RN50:openai), "
+    "MODEL:/path/weights.safetensors, hf-hub:ORG/REPO, tv:NAME[:random|:/path] (torchvision), "
+    "or random (offline trials and tests only: weak protection).",
+)
+@click.option(
+    "--clusters",
+    "num_clusters",
+    type=click.IntRange(2),
+    default=None,
+    help=f"Number of clusters K for --method uc / --labels clusters [default: {DEFAULT_CLUSTERS}].",
+)
+@click.option(
+    "--eps",
+    type=click.FloatRange(0, 255, min_open=True),
+    default=None,
+    help="UC: L-inf budget in 1/255 units: no pixel moves by more than eps/255 "
+    "[default: 16, as in the paper].",
+)
+@click.option(
+    "--uc-steps",
+    type=click.IntRange(0),
+    default=None,
+    help="UC: optimisation steps (each updates every cluster's perturbation once) [default: 100].",
+)
+@click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    help="Where the surrogate runs: auto (a CUDA GPU if there is one), cpu, cuda, cuda:N.",
+)
+@click.option(
+    "--allow-pickle",
+    is_flag=True,
+    help="Allow pickle-based surrogate checkpoints (.pt/.pth/.bin/.ckpt): only for files you trust.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["keep", "png", "jpeg", "webp"]),
+    default="keep",
+    show_default=True,
+    help="Output format; lossy formats weaken the protection.",
+)
+@click.option(
+    "--quality",
+    type=click.IntRange(1, 100),
+    default=None,
+    help="JPEG/WebP quality (default: JPEG keeps the source's tables; WebP 90).",
+)
+@click.option("--strip-gps", is_flag=True, help="Remove GPS location from the EXIF of outputs.")
+@click.option(
+    "--max-pixels",
+    type=click.IntRange(1),
+    default=DEFAULT_MAX_PIXELS,
+    show_default=True,
+    help="Refuse images with more pixels (decompression-bomb guard).",
+)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue a run in OUTPUT: skip files already done with the same key and parameters.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1),
+    default=None,
+    help="Processes for decoding/encoding (default: number of cores).",
+)
+@click.option(
+    "--preview",
+    type=click.IntRange(0),
+    default=0,
+    help="Write a contact sheet of N files (original | protected | amplified difference).",
+)
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary table.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+def protect(
+    input_dir: Path,
+    output_dir: Path | None,
+    key_path: Path,
+    method: str,
+    labels: str,
+    strength: str,
+    kernel_size: int | None,
+    blur: float | None,
+    surrogate: str | None,
+    num_clusters: int | None,
+    eps: float | None,
+    uc_steps: int | None,
+    device: str,
+    allow_pickle: bool,
+    fmt: str,
+    quality: int | None,
+    strip_gps: bool,
+    max_pixels: int,
+    resume: bool,
+    workers: int | None,
+    preview: int,
+    quiet: bool,
+    as_json: bool,
+) -> None:
+    """Protect the images in INPUT into a separate output folder.
+
+    The input is never modified. The output mirrors INPUT's folder tree, keeps each file's
+    format, size and metadata, and holds unlearnable-manifest.json. Exit code 0: all files
+    protected; 1: some failed (listed); 2: usage error.
+
+    \b
+    Label-agnostic protection of an unlabelled folder (Unlearnable Clusters):
+      unlearnable protect ./photos --key secret.bin --method uc --clusters 10 --eps 16
+      unlearnable protect ./photos --key secret.bin --labels clusters   # CUDA on clusters
+    Features, clusters and perturbations are cached in the output folder (--resume reuses them).
+    """
+    from ..protect import OutputOptions, protect_directory
+    from ..protect.surrogate import SurrogateError
+    from ..verify_run import resolve_device
+
+    key = load_key(key_path)
+    if kernel_size is not None and kernel_size % 2 == 0:
+        raise UsageError(f"--kernel-size must be odd, got {kernel_size}")
+    uses_clusters = method == "uc" or labels == "clusters"
+    uc_config = protect_uc_config(method, eps, uc_steps)
+    if not uses_clusters and (surrogate is not None or num_clusters is not None):
+        raise UsageError("--surrogate and --clusters need --method uc or --labels clusters")
+    target = output_dir or input_dir.with_name(input_dir.resolve().name + "-protected")
+    if fmt in ("jpeg", "webp"):
+        warn(f"{fmt} output is lossy; re-encoding weakens the protection. PNG keeps it intact.")
+    names = {
+        "reading": "hashing files",
+        "features": "surrogate features",
+        "perturbations": "optimising perturbations",
+        "protecting": "protecting",
+    }
+    try:
+        with progress_bars(quiet or as_json, names) as bars, surrogate_warnings():
+            run_result = protect_directory(
+                input_dir,
+                target,
+                key,
+                method=method,
+                labels=labels,
+                strength=strength,
+                kernel_size=kernel_size,
+                blur=blur,
+                surrogate=surrogate,
+                clusters=num_clusters or DEFAULT_CLUSTERS,
+                uc_config=uc_config,
+                device=resolve_device(device) if uses_clusters else None,
+                allow_pickle=allow_pickle,
+                options=OutputOptions(
+                    format=fmt, quality=quality, strip_gps=strip_gps, max_pixels=max_pixels
+                ),
+                resume=resume,
+                workers=workers,
+                progress=bars.counter("protecting"),
+                stage_progress=bars.update,
+            )
+    except SurrogateError as exc:
+        raise UsageError(
+            f"{exc}\nTry --surrogate random to run without downloads (a weak protection, for "
+            "trials), or pass local weights: --surrogate MODEL:/path/to/weights.safetensors."
+        ) from None
+    except UsageError:
+        raise
+    except ValueError as exc:  # parameter validation in the library, before any file is written
+        raise UsageError(str(exc)) from None
+    if preview:
+        from ..io.preview import write_preview
+
+        write_preview(input_dir, run_result, preview)
+    report_protect_run(run_result, quiet, as_json)
+    if run_result.failed:
+        raise click.exceptions.Exit(EXIT_FAILURES)
+
+
+def protect_uc_config(method: str, eps: float | None, uc_steps: int | None):
+    """The UC settings from ``--eps`` (1/255 units) and ``--uc-steps``; None for CUDA."""
+    from ..protect.clusters import UCConfig
+
+    if method != "uc":
+        if eps is not None or uc_steps is not None:
+            raise UsageError("--eps and --uc-steps are settings of --method uc")
+        return None
+    defaults = UCConfig()
+    return UCConfig(
+        eps=(eps if eps is not None else 16.0) / 255.0,
+        steps=uc_steps if uc_steps is not None else defaults.steps,
+    )
+
+
+@contextmanager
+def surrogate_warnings():
+    """Show a random-surrogate warning as one readable line (other warnings pass through)."""
+    from ..protect.surrogate import WeakSurrogateWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", WeakSurrogateWarning)
+        try:
+            yield
+        finally:
+            for item in caught:
+                if issubclass(item.category, WeakSurrogateWarning):
+                    warn(str(item.message))
+                else:
+                    warnings.showwarning(item.message, item.category, item.filename, item.lineno)
+
+
+def report_protect_run(run_result, quiet: bool, as_json: bool) -> None:
+    summary = run_result.manifest.summary
+    clustering = run_result.manifest.extra.get("clustering")
+    if run_result.lossy_output:
+        warn(
+            "some outputs were written in a lossy format (JPEG/WebP); "
+            "re-encoding weakens the protection. Use --format png to keep it intact."
+        )
+    if as_json:
+        print_json(
+            {
+                "output": str(run_result.output_dir),
+                "manifest": str(run_result.manifest_path),
+                "key_fingerprint": run_result.manifest.key_fingerprint,
+                "method": run_result.manifest.method,
+                **({"clustering": clustering} if clustering else {}),
+                **summary,
+                "failures": [{"path": r.path, "error": r.error} for r in run_result.failed],
+            }
+        )
+        return
+    for record in run_result.failed:
+        err_console.print(f"[red]failed:[/] {record.path}: {record.error}", highlight=False)
+    if clustering and clustering.get("uc"):
+        err_console.print(
+            f"[yellow]warning:[/] {clustering['state_file']} in the output folder holds the "
+            "perturbations, which would let anyone remove them: keep it (it makes --resume "
+            "fast) but do not publish it with the images",
+            highlight=False,
+        )
+    if quiet:
+        return
+    rate = summary.get("images_per_second")
+    rows = [
+        ("files", str(summary["files"])),
+        (
+            "protected",
+            f"{summary['ok']}"
+            + (f" ({summary['resumed']} from an earlier run)" if summary["resumed"] else ""),
+        ),
+        ("failed", str(summary["failed"])),
+        (
+            "mean PSNR",
+            f"{summary['mean_psnr']:.2f} dB" if summary["mean_psnr"] is not None else "-",
+        ),
+        ("mean SSIM", f"{summary['mean_ssim']:.4f}" if summary["mean_ssim"] is not None else "-"),
+        ("time", f"{summary['seconds']:.1f} s" + (f" ({rate:.1f} images/s)" if rate else "")),
+        ("key", run_result.manifest.key_fingerprint),
+        ("output", str(run_result.output_dir)),
+    ]
+    if clustering:
+        rows[-2:-2] = clustering_rows(run_result.manifest.method, clustering)
+    out_console.print(summary_table("unlearnable protect", rows))
+
+
+def clustering_rows(method: str, clustering: dict) -> list[tuple[str, str]]:
+    """Summary rows for a run that used surrogate clusters (UC or cluster-CUDA)."""
+    rate = clustering.get("feature_images_per_second")
+    features = (
+        "from the cache"
+        if clustering.get("features_from_cache")
+        else f"{clustering.get('feature_seconds', 0):.1f} s"
+        + (f" ({rate:.1f} images/s)" if rate else "")
+    )
+    rows = [
+        ("method", "Unlearnable Clusters" if method == "uc" else "CUDA on clusters"),
+        ("surrogate", f"{clustering['surrogate']} ({clustering.get('surrogate_name', '')})"),
+        (
+            "clusters",
+            f"{clustering['k']} (sizes {', '.join(map(str, clustering['cluster_sizes']))})",
+        ),
+        ("features", features),
+    ]
+    uc = clustering.get("uc")
+    if uc:
+        rows.append(
+            (
+                "perturbations",
+                f"eps {uc['eps_255']:g}/255, {uc['config']['steps']} steps, "
+                + (
+                    "from the cache"
+                    if clustering.get("state_from_cache")
+                    else f"{uc['optimise_seconds']:.1f} s"
+                ),
+            )
+        )
+    rows.append(
+        (
+            "do not publish",
+            f"{clustering['state_file']} and {clustering['feature_cache']} (run caches"
+            + (": they hold the perturbations" if uc else "")
+            + "); share only the images",
+        )
+    )
+    return rows
