@@ -7,6 +7,8 @@ import torch
 from torch import nn
 
 from unlearnable.models import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     VICTIMS,
     Normalize,
     build_victim,
@@ -45,6 +47,12 @@ def test_torchvision_victim_small() -> None:
     model = build_victim("tv:resnet18", num_classes=7, image_size=32, seed=0)
     assert model(torch.rand(2, 3, 32, 32)).shape == (2, 7)
     assert isinstance(model[0], Normalize)
+    # ImageNet statistics, from the one definition that surrogates use too
+    assert torch.allclose(model[0].mean.flatten(), torch.tensor(IMAGENET_MEAN))
+    assert torch.allclose(model[0].std.flatten(), torch.tensor(IMAGENET_STD))
+    from unlearnable.protect import surrogate
+
+    assert surrogate.IMAGENET_MEAN is IMAGENET_MEAN and surrogate.IMAGENET_STD is IMAGENET_STD
 
 
 def test_unknown_names_list_choices() -> None:

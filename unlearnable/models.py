@@ -41,8 +41,10 @@ VICTIMS: Registry[VictimBuilder] = Registry("victim model")
 #: Prefix of torchvision models in :func:`build_victim` (``tv:resnet50``).
 TORCHVISION_PREFIX = "tv:"
 
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
+#: ImageNet per-channel mean and std of [0, 1] RGB pixels: the normalisation of torchvision
+#: victims and of surrogates without published preprocessing (the one definition in the package).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class Normalize(nn.Module):
@@ -355,7 +357,7 @@ def torchvision_victim(
     layers: list[nn.Module] = []
     if in_channels == 1:
         layers.append(_RepeatChannels())
-    layers += [Normalize(_IMAGENET_MEAN, _IMAGENET_STD, 3), net]
+    layers += [Normalize(IMAGENET_MEAN, IMAGENET_STD, 3), net]
     return nn.Sequential(*layers)
 
 
@@ -424,6 +426,8 @@ def count_parameters(model: nn.Module) -> int:
 
 
 __all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
     "VICTIMS",
     "TORCHVISION_PREFIX",
     "Normalize",

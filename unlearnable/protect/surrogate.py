@@ -12,9 +12,11 @@ Surrogate specs (``load_surrogate``)
     (UC-CLIP in the paper used the OpenAI CLIP RN50 visual tower). The weights are downloaded by
     open_clip on first use and cached (``~/.cache/huggingface`` or ``~/.cache/clip``).
 ``MODEL:/path/to/checkpoint``
-    An open_clip architecture with local weights. ``.safetensors`` is loaded directly; a pickle
-    based file (``.pt``, ``.pth``, ``.bin``, ``.ckpt``) needs ``allow_pickle=True`` and is then
-    read with ``torch.load(weights_only=True)``. The file may hold a whole CLIP model (only the
+    An open_clip architecture with local weights, read by
+    :func:`unlearnable.checkpoints.read_state_dict` (the format is judged by content): a
+    safetensors file is loaded directly; a pickle-based file (``.pt``, ``.pth``, ``.bin``,
+    ``.ckpt``) needs ``allow_pickle=True`` and is then read with
+    ``torch.load(weights_only=True)``. The file may hold a whole CLIP model (only the
     ``visual.*`` entries are used) or the visual tower alone.
 ``hf-hub:ORG/REPO``
     An open_clip model from the Hugging Face hub (downloaded by open_clip).
@@ -61,8 +63,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..errors import UsageError
+from ..checkpoints import UntrustedPickleError, read_state_dict
+from ..errors import ModelFileError, UsageError
 from ..imageops import resize_center_crop
+from ..models import IMAGENET_MEAN, IMAGENET_STD
 
 ProgressCallback = Callable[[int, int | None], None]
 """``progress(done, total)``; ``total`` is ``None`` when it is not known in advance."""
@@ -91,9 +95,6 @@ PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 
 NETWORK_PROBE_SECONDS = 3.0
 """How long the Hugging Face endpoint is probed before open_clip downloads pretrained weights."""
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class SurrogateError(UsageError, RuntimeError):
@@ -485,55 +486,21 @@ def _visual_entries(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return state
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _read_state_dict(path: Path, allow_pickle: bool) -> tuple[dict[str, Tensor], str]:
-    """Read a weights file safely: safetensors, or (with ``allow_pickle``) ``torch.load(weights_only=True)``.
-
-    Returns the state dict (``state_dict`` wrappers and ``module.`` prefixes removed) and the
-    file's SHA-256.
-    """
-    if not path.is_file():
-        raise SurrogateError(f"checkpoint not found: {path}")
-    suffix = path.suffix.lower()
-    if suffix in SAFE_SUFFIXES:
-        from safetensors.torch import load_file
-
-        try:
-            state = load_file(str(path), device="cpu")
-        except Exception as exc:
-            raise SurrogateError(f"cannot read safetensors checkpoint {path}: {exc}") from exc
-    elif suffix in PICKLE_SUFFIXES:
-        if not allow_pickle:
-            raise SurrogateError(
-                f"refusing to load {path}: {suffix} files are pickle-based and loading one can "
-                "run arbitrary code. Convert it to .safetensors, or, if you trust the file, "
-                "allow it explicitly (allow_pickle=True / --allow-pickle)."
-            )
-        try:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise SurrogateError(
-                f"cannot read checkpoint {path} with torch.load(weights_only=True): {exc}"
-            ) from exc
-    else:
+    """Read a weights file with :func:`unlearnable.checkpoints.read_state_dict` (safetensors, or
+    with ``allow_pickle`` a pickle read by ``torch.load(weights_only=True)``; the format is
+    judged by content). Returns the state dict and the file's SHA-256."""
+    try:
+        weights = read_state_dict(path, trust_pickle=allow_pickle)
+    except UntrustedPickleError as exc:
         raise SurrogateError(
-            f"unknown checkpoint format {path.name!r}; use .safetensors "
-            f"(or {', '.join(PICKLE_SUFFIXES)} with allow_pickle)"
-        )
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-        raise SurrogateError(f"checkpoint {path} does not hold a plain state dict of tensors")
-    if state and all(key.startswith("module.") for key in state):
-        state = {key[len("module.") :]: value for key, value in state.items()}
-    return state, _sha256_file(path)
+            f"refusing to load {path}: it is a pickle-based file and loading one can run "
+            "arbitrary code. Convert it to .safetensors, or, if you trust the file, allow it "
+            "explicitly (allow_pickle=True / --allow-pickle)."
+        ) from exc
+    except ModelFileError as exc:
+        raise SurrogateError(str(exc)) from exc
+    return weights.tensors, weights.sha256
 
 
 def _replace_last_linear(model: nn.Module) -> int:
