@@ -119,3 +119,14 @@ def test_bad_options_are_usage_errors_in_the_library() -> None:
         Thresholds(protected=0.2, weak=0.5)
     with pytest.raises(UsageError, match="device"):
         resolve_device("tpu")
+
+
+def test_public_api_names_resolve() -> None:
+    import unlearnable
+
+    lazy = set(unlearnable._LAZY)
+    assert lazy <= set(unlearnable.__all__)
+    for name in unlearnable.__all__:
+        assert getattr(unlearnable, name) is not None, name
+    with pytest.raises(AttributeError):
+        unlearnable.no_such_name  # noqa: B018

@@ -48,3 +48,21 @@ def test_verify_folders_raises_typed_errors_before_training(folders, tmp_path) -
     with pytest.raises(ul.UsageError, match="no-such-model"):
         ul.verify_folders(protected, clean, test, ul.VerifyOptions(model="no-such-model"))
     assert not (tmp_path / "r1").exists()
+
+
+def test_save_models_keeps_victims_that_reproduce_the_reported_accuracy(folders, tmp_path) -> None:
+    from unlearnable.verify_inputs import load_verify_folders
+
+    clean, protected, test = folders
+    options = ul.VerifyOptions(attacks=("erm",), budget="smoke", epochs=1, device="cpu", save_models=True)
+    run = ul.verify_folders(protected, clean, test, options, output=tmp_path / "run")
+    assert sorted(p.name for p in run.model_paths) == ["erm-clean-seed0", "erm-protected-seed0"]
+    data = load_verify_folders(protected, clean, test).data
+    for path, train_set in zip(sorted(run.model_paths), ("clean", "protected")):
+        loaded = ul.load_model(path)
+        assert list(loaded.spec.classes) == ["cat", "dog"]
+        assert loaded.spec.metadata["train_set"] == train_set
+        predictions = loaded.predict(data.test_images.float() / 255)
+        accuracy = float((predictions == data.test_labels).float().mean())
+        reported = next(r for r in run.report["attacks"][0]["runs"] if r["train_set"] == train_set)
+        assert accuracy == pytest.approx(reported["epochs"][-1]["test_acc"])

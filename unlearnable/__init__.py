@@ -77,18 +77,59 @@ _LAZY: dict[str, str] = {
     "build_victim": ".models",
 }
 
-__all__ = sorted(
-    [
-        "InputError",
-        "IntegrityError",
-        "ModelFileError",
-        "PartialFailure",
-        "UnlearnableError",
-        "UsageError",
-        "__version__",
-        *_LAZY,
-    ]
+# models
+_LAZY.update(
+    {
+        "LoadedModel": ".checkpoints",
+        "ModelSpec": ".checkpoints",
+        "load_model": ".checkpoints",
+        "read_state_dict": ".checkpoints",
+        "save_model": ".checkpoints",
+    }
 )
+
+__all__ = [  # literal, so tools can read it; tests check it matches _LAZY
+    "ClusterProtector",
+    "CudaProtector",
+    "FolderClusters",
+    "InputError",
+    "IntegrityError",
+    "LoadedModel",
+    "ModelFileError",
+    "ModelSpec",
+    "OutputOptions",
+    "PartialFailure",
+    "ProtectRun",
+    "ProtectUsageError",
+    "SecretKey",
+    "Surrogate",
+    "SurrogateError",
+    "Thresholds",
+    "UCConfig",
+    "UnlearnableError",
+    "UsageError",
+    "VerifyData",
+    "VerifyOptions",
+    "VerifyResult",
+    "VerifyRun",
+    "__version__",
+    "apply_cluster_perturbations",
+    "apply_cuda",
+    "build_victim",
+    "cluster_folder",
+    "cuda_filters",
+    "cuda_params",
+    "load_key_file",
+    "load_model",
+    "load_surrogate",
+    "protect_directory",
+    "read_state_dict",
+    "run_verification",
+    "save_model",
+    "surrogate_from_module",
+    "verify_folders",
+    "write_key_file",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -105,6 +146,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+    from .checkpoints import LoadedModel, ModelSpec, load_model, read_state_dict, save_model
     from .keys import SecretKey, load_key_file, write_key_file
     from .models import build_victim
     from .protect import (

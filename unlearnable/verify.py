@@ -43,7 +43,6 @@ import torch
 from torch import Tensor
 
 from ._version import __version__
-from .errors import UsageError
 from .attacks.base import Attack, make_attack
 from .attacks.training import (
     TrainConfig,
@@ -52,6 +51,7 @@ from .attacks.training import (
     to_float_images,
     train_classifier,
 )
+from .errors import UsageError
 from .models import build_victim, check_victim_name
 
 SCHEMA = "unlearnable.verify-report"
@@ -77,6 +77,7 @@ class VerifyData:
     * ``scraper_labels``: optional int64 ``(N,)``, labels the scraper trains with instead of
       ``train_labels`` (its own annotation, clusters, ...); ``test_labels`` must then be in the
       scraper's label space, and the number of classes is ``1 + max`` of these labels.
+    * ``scraper_class_names``: optional names of the scraper's classes (index order).
     """
 
     protected_train: Tensor
@@ -86,6 +87,7 @@ class VerifyData:
     test_labels: Tensor
     class_names: list[str]
     scraper_labels: Tensor | None = None
+    scraper_class_names: list[str] | None = None
 
     def __post_init__(self) -> None:
         for name in ("protected_train", "clean_train", "test_images"):
@@ -134,6 +136,13 @@ class VerifyData:
         if self.scraper_labels is None:
             return max(2, len(self.class_names))
         return max(2, int(max(self.scraper_labels.max(), self.test_labels.max())) + 1)
+
+    @property
+    def output_class_names(self) -> list[str]:
+        """Names of the victims' outputs, in order (``class-<i>`` where no name is known)."""
+        names = self.class_names if self.scraper_labels is None else self.scraper_class_names
+        names = list(names or [])
+        return names + [f"class-{i}" for i in range(len(names), self.num_classes)]
 
     @property
     def chance(self) -> float:

@@ -130,6 +130,7 @@ def load_verify_folders(
         test_labels=torch.tensor(test_ids),
         class_names=class_names,
         scraper_labels=scraper,
+        scraper_class_names=scraper_classes if hacker_labels is not None else None,
     )
     return LoadedFolders(data, size, train_rel, test_files, owner_mode, scraper_mode)
 

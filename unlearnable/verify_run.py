@@ -199,7 +199,7 @@ def verify_folders(
         if output is not None
         else default_run_folder(datetime.now(timezone.utc).isoformat(timespec="seconds"))
     )
-    saver = _ModelSaver(folder, victim, loaded.data.class_names) if options.save_models else None
+    saver = _ModelSaver(folder, victim, loaded.data.output_class_names) if options.save_models else None
     result = run_verification(
         loaded.data,
         attacks,
@@ -237,21 +237,24 @@ class _ModelSaver:
         self.paths: list[Path] = []
 
     def __call__(self, attack: str, train_set: str, seed: int, model: Any, image_shape) -> None:
-        from .checkpoints import save_victim
+        from .checkpoints import ModelSpec, save_model
 
         channels, size = int(image_shape[0]), int(image_shape[1])
-        target = self.folder / "models" / f"{_safe(attack)}-{train_set}-seed{seed}"
-        self.paths.append(
-            save_victim(
-                model,
-                target,
-                builder=self.builder,
-                class_names=self.class_names,
-                image_size=size,
-                in_channels=channels,
-                metadata={"attack": attack, "train_set": train_set, "seed": seed},
-            )
+        spec = ModelSpec(
+            classes=tuple(self.class_names),
+            input_size=size,
+            arch=self.builder,
+            in_channels=channels,
+            metadata={
+                "trained_by": "verify",
+                "attack": attack,
+                "train_set": train_set,
+                "seed": seed,
+            },
         )
+        target = self.folder / "models" / f"{_safe(attack)}-{train_set}-seed{seed}"
+        save_model(model, target, spec)
+        self.paths.append(target)
 
 
 def _safe(name: str) -> str:
