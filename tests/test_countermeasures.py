@@ -367,6 +367,20 @@ def test_transform_attack_keeps_uint8(images: Tensor) -> None:
     assert gray.dtype == torch.uint8
 
 
+def test_one_uint8_quantiser() -> None:
+    """squeeze and augment quantise with unlearnable.imageops.to_uint8: round(255 * x) after
+    clamping to [0, 1] (out-of-range values and exact half steps included)."""
+    from unlearnable import imageops
+
+    assert S.to_uint8 is imageops.to_uint8
+    assert A.to_uint8 is imageops.to_uint8
+    half_steps = (torch.arange(256, dtype=torch.float64) + 0.5) / 255
+    x = torch.cat([torch.rand(1000, generator=gen(0)) * 1.4 - 0.2, half_steps.float()])
+    x = torch.cat([x, torch.tensor([float("inf"), -float("inf"), 1.0, 0.0])])
+    expected = (x.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
+    assert torch.equal(S.to_uint8(x), expected)
+
+
 def test_chunked_prepare_train_is_deterministic(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(S, "CHUNK", 3)
     x = torch.rand(7, 3, 8, 8, generator=gen(0))

@@ -9,19 +9,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from unlearnable.attacks import training as training_module
+from unlearnable.attacks.adversarial import (
+    AdversarialTraining,
+    AdversarialTrainingPolicy,
+    default_step_size,
+    pgd_attack,
+)
 from unlearnable.attacks.base import ATTACKS, make_attack
 from unlearnable.attacks.training import (
     BUDGETS,
-    AdversarialTraining,
-    AdversarialTrainingPolicy,
     TrainConfig,
     TrainHistory,
-    default_step_size,
     derive_seed,
     evaluate,
     get_budget,
     lr_at_epoch,
-    pgd_attack,
     random_crop_flip,
     train_classifier,
 )
@@ -177,6 +180,14 @@ def test_pgd_without_random_start_and_trivial_budgets(trained) -> None:
 
 def test_default_step_size() -> None:
     assert default_step_size(0.1, 10) == pytest.approx(0.025)
+
+
+def test_pgd_names_still_importable_from_training() -> None:
+    """PGD moved to attacks/adversarial.py; older imports from attacks.training keep working."""
+    assert training_module.pgd_attack is pgd_attack
+    assert training_module.AdversarialTraining is AdversarialTraining
+    assert training_module.AdversarialTrainingPolicy is AdversarialTrainingPolicy
+    assert training_module.default_step_size is default_step_size
 
 
 def test_adversarial_training_attacks_registered() -> None:

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..imageops import to_uint8
 from .base import ATTACKS, Attack, TrainingPolicy
 
 __all__ = [
@@ -232,10 +233,6 @@ def cutout_batch(images: Tensor, generator: torch.Generator, fraction: float = 0
     return images * (~hole).unsqueeze(1).to(images.dtype)
 
 
-def _to_uint8(images: Tensor) -> Tensor:
-    return (images.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
-
-
 def trivial_augment_batch(images: Tensor, generator: torch.Generator) -> Tensor:
     """TrivialAugment-Wide (Mueller & Hutter, ICCV 2021) with one op and magnitude per image.
 
@@ -248,7 +245,7 @@ def trivial_augment_batch(images: Tensor, generator: torch.Generator) -> Tensor:
 
     _check_images(images)
     augment = v2.TrivialAugmentWide()
-    u8 = _to_uint8(images).cpu()
+    u8 = to_uint8(images).cpu()
     with global_rng_from(generator):
         out = torch.stack([augment(im) for im in u8])
     return out.to(device=images.device, dtype=images.dtype) / 255.0

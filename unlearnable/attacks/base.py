@@ -9,7 +9,9 @@ and compares their clean test accuracy. An attack can act at three points:
 2. ``prepare_test`` transforms the test set the same way where the attack needs it (a model
    trained on grayscale images is tested on grayscale images);
 3. ``policy`` gives the :class:`TrainingPolicy` that turns each mini-batch into a loss (plain
-   ERM, PGD adversarial training, mixup, deconvolution AT, ...).
+   ERM, PGD adversarial training, mixup, deconvolution AT, ...);
+   :func:`unlearnable.attacks.training.train_classifier` calls it as the loss function of the
+   one training loop, :func:`unlearnable.training.fit`.
 
 All images are float tensors ``(N, C, H, W)`` in ``[0, 1]``; no method changes its input in place.
 Randomness comes only from the ``torch.Generator`` handed in, so a run is repeatable for a seed.

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from ..imageops import to_uint8
 from .augment import (
     AugmentThenERM,
     DescribedAttack,
@@ -86,11 +87,6 @@ def _check_images(images: Tensor) -> None:
 # --------------------------------------------------------------------------------------------
 # Pillow round trips (JPEG, re-upload)
 # --------------------------------------------------------------------------------------------
-
-
-def to_uint8(images: Tensor) -> Tensor:
-    """Quantise float images in [0, 1] to uint8 by rounding: ``round(255 * x)``, same shape."""
-    return (images.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
 
 
 def _to_pil(hwc: np.ndarray) -> Image.Image:

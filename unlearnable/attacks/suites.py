@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 
-from . import augment, dat, squeeze, training  # noqa: F401  (register the attacks the suites name)
+from . import adversarial, augment, dat, squeeze  # noqa: F401  (register the attacks the suites name)
 from .base import ATTACKS
 
 __all__ = ["SUITES", "resolve_attacks"]
