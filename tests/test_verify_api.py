@@ -58,7 +58,7 @@ def test_save_models_keeps_victims_that_reproduce_the_reported_accuracy(folders,
     run = ul.verify_folders(protected, clean, test, options, output=tmp_path / "run")
     assert sorted(p.name for p in run.model_paths) == ["erm-clean-seed0", "erm-protected-seed0"]
     data = load_verify_folders(protected, clean, test).data
-    for path, train_set in zip(sorted(run.model_paths), ("clean", "protected")):
+    for path, train_set in zip(sorted(run.model_paths), ("clean", "protected"), strict=True):
         loaded = ul.load_model(path)
         assert list(loaded.spec.classes) == ["cat", "dog"]
         assert loaded.spec.metadata["train_set"] == train_set
