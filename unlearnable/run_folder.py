@@ -1,0 +1,132 @@
+"""Run folders for every command that trains or tests models (verify, scan, freeze, audit).
+
+One layout, written atomically, so every report can be traced and compared::
+
+    folder/
+      config.json     schema "unlearnable.<kind>-config": the full config, seeds, provenance
+      report.json     schema "unlearnable.<kind>-report" with its version: the results
+      <name>.csv      per-epoch / per-step rows (``write_rows``)
+      <name>.png      plots (``write_plot``, see :mod:`unlearnable.plots`)
+      report.md       the human-readable report
+
+Usage::
+
+    run = RunFolder(output, kind="scan")
+    run.write_config({"exposure": asdict(config)}, seeds=[0])
+    run.write_rows("epochs.csv", history.rows)
+    run.write_plot("histogram.png", line_plot(...))
+    run.write_report(report_dict, version=1)
+    run.write_markdown(text)
+
+``verify`` writes the same files through :mod:`unlearnable.report`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .io.atomic import atomic_write_bytes, atomic_write_text
+from .provenance import provenance
+
+
+def strict_json(obj: Any) -> str:
+    """Indented JSON text with non-finite floats as ``null`` (strict JSON), UTF-8 kept."""
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, float):
+            return value if math.isfinite(value) else None
+        if isinstance(value, Mapping):
+            return {str(k): clean(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        return value
+
+    return json.dumps(clean(obj), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+
+
+def rows_csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """CSV text of ``rows`` (dicts); ``columns`` default to every key in first-seen order.
+    Missing values are empty; lists are joined with ``;``."""
+    if columns is None:
+        seen: dict[str, None] = {}
+        for row in rows:
+            seen.update(dict.fromkeys(row))
+        columns = list(seen)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        values = []
+        for column in columns:
+            value = row.get(column)
+            if isinstance(value, (list, tuple)):
+                value = ";".join(str(v) for v in value)
+            values.append("" if value is None else value)
+        writer.writerow(values)
+    return buf.getvalue()
+
+
+class RunFolder:
+    """A run folder of one ``kind`` (``"scan"``, ``"freeze"``, ``"audit"``...), created on use."""
+
+    def __init__(self, path: str | Path, kind: str) -> None:
+        self.path = Path(path)
+        self.kind = kind
+        self.created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+    def _target(self, name: str) -> Path:
+        if Path(name).name != name:
+            raise ValueError(f"run-folder file names are plain names, got {name!r}")
+        self.path.mkdir(parents=True, exist_ok=True)
+        return self.path / name
+
+    def write_config(self, config: Mapping[str, Any], seeds: Iterable[int] = ()) -> Path:
+        """``config.json``: ``config`` plus the seeds, the creation time and provenance."""
+        data = {
+            "schema": f"unlearnable.{self.kind}-config",
+            "schema_version": 1,
+            "created": self.created,
+            "provenance": provenance(),
+            "seeds": [int(s) for s in seeds],
+            "config": dict(config),
+        }
+        target = self._target("config.json")
+        atomic_write_text(target, strict_json(data))
+        return target
+
+    def write_report(self, report: Mapping[str, Any], version: int) -> Path:
+        """``report.json`` with ``schema`` ``unlearnable.<kind>-report`` and ``version``."""
+        data = {
+            "schema": f"unlearnable.{self.kind}-report",
+            "schema_version": version,
+            "created": self.created,
+            **dict(report),
+        }
+        target = self._target("report.json")
+        atomic_write_text(target, strict_json(data))
+        return target
+
+    def write_rows(self, name: str, rows: Sequence[Mapping[str, Any]], columns=None) -> Path:
+        target = self._target(name)
+        atomic_write_text(target, rows_csv(rows, columns))
+        return target
+
+    def write_plot(self, name: str, png: bytes) -> Path:
+        target = self._target(name)
+        atomic_write_bytes(target, png)
+        return target
+
+    def write_markdown(self, text: str, name: str = "report.md") -> Path:
+        target = self._target(name)
+        atomic_write_text(target, text if text.endswith("\n") else text + "\n")
+        return target
+
+
+__all__ = ["RunFolder", "rows_csv", "strict_json"]
