@@ -1,7 +1,9 @@
 """The ``unlearnable`` command line: thin wiring of options to the library, output with rich.
 
-One module per command group; shared options, progress bars and output helpers live in
-:mod:`.common`, and errors become exit codes in one place (:mod:`.errors`). Nothing is imported
+One module per command group, each listing its commands in ``COMMANDS`` (found at import, so
+a new command is a new module); shared options, progress bars and output helpers live in
+:mod:`.common` and :mod:`.model_options`, and errors become exit codes in one place
+(:mod:`.errors`). Nothing is imported
 from torch until a command runs, so ``--help`` and usage errors are instant.
 """
 
@@ -9,12 +11,14 @@ from __future__ import annotations
 
 import click
 
+import importlib
+import pkgutil
+
 from .._version import __version__
-from .demo import demo
 from .errors import CommandGroup
-from .keys import keygen
-from .protect import protect
-from .verify import verify, verify_alias
+
+#: Modules of this package that are helpers, not command groups.
+_NOT_COMMANDS = {"common", "errors", "model_options"}
 
 
 @click.group(cls=CommandGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -34,7 +38,17 @@ def main() -> None:
     """
 
 
-for command in (keygen, protect, verify, verify_alias, demo):
-    main.add_command(command)
+def _add_commands() -> None:
+    """Every other module of this package is a command group: it lists its click commands in
+    ``COMMANDS``. A new command is a new module; nothing here changes."""
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if info.name in _NOT_COMMANDS or info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        for command in getattr(module, "COMMANDS", ()):
+            main.add_command(command)
+
+
+_add_commands()
 
 __all__ = ["main"]

@@ -123,3 +123,6 @@ def demo(
         f"Report: {run.folder / 'report.md'}",
         highlight=False,
     )
+
+
+COMMANDS = (demo,)

@@ -26,3 +26,6 @@ def keygen(path: Path, quiet: bool, as_json: bool) -> None:
         print_json({"key_file": str(path), "fingerprint": key.fingerprint})
     elif not quiet:
         out_console.print(f"wrote key {path} (fingerprint {key.fingerprint})", highlight=False)
+
+
+COMMANDS = (keygen,)

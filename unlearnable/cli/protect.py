@@ -386,3 +386,6 @@ def clustering_rows(method: str, clustering: dict) -> list[tuple[str, str]]:
         )
     )
     return rows
+
+
+COMMANDS = (protect,)

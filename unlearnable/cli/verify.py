@@ -289,3 +289,6 @@ verify = click.command("verify")(verify_options(verify_command))
 verify_alias = click.command("verify-unlearnability", help="Alias of `verify`.")(
     verify_options(verify_command)
 )
+
+
+COMMANDS = (verify, verify_alias)
