@@ -9,10 +9,10 @@ from torch until a command runs, so ``--help`` and usage errors are instant.
 
 from __future__ import annotations
 
-import click
-
 import importlib
 import pkgutil
+
+import click
 
 from .._version import __version__
 from .errors import CommandGroup
