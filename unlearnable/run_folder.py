@@ -5,7 +5,7 @@ One layout, written atomically, so every report can be traced and compared::
     folder/
       config.json     schema "unlearnable.<kind>-config": the full config, seeds, provenance
       report.json     schema "unlearnable.<kind>-report" with its version: the results
-      <name>.csv      per-epoch / per-step rows (``write_rows``)
+      <name>.csv      per-epoch / per-step rows (``write_rows``, as ``training.rows_to_csv``)
       <name>.png      plots (``write_plot``, see :mod:`unlearnable.plots`)
       report.md       the human-readable report
 
@@ -23,8 +23,6 @@ Usage::
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -34,6 +32,7 @@ from typing import Any
 
 from .io.atomic import atomic_write_bytes, atomic_write_text
 from .provenance import provenance
+from .training.callbacks import rows_to_csv
 
 
 def strict_json(obj: Any) -> str:
@@ -49,28 +48,6 @@ def strict_json(obj: Any) -> str:
         return value
 
     return json.dumps(clean(obj), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
-
-
-def rows_csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
-    """CSV text of ``rows`` (dicts); ``columns`` default to every key in first-seen order.
-    Missing values are empty; lists are joined with ``;``."""
-    if columns is None:
-        seen: dict[str, None] = {}
-        for row in rows:
-            seen.update(dict.fromkeys(row))
-        columns = list(seen)
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(columns)
-    for row in rows:
-        values = []
-        for column in columns:
-            value = row.get(column)
-            if isinstance(value, (list, tuple)):
-                value = ";".join(str(v) for v in value)
-            values.append("" if value is None else value)
-        writer.writerow(values)
-    return buf.getvalue()
 
 
 class RunFolder:
@@ -115,7 +92,7 @@ class RunFolder:
 
     def write_rows(self, name: str, rows: Sequence[Mapping[str, Any]], columns=None) -> Path:
         target = self._target(name)
-        atomic_write_text(target, rows_csv(rows, columns))
+        atomic_write_text(target, rows_to_csv(rows, columns))
         return target
 
     def write_plot(self, name: str, png: bytes) -> Path:
@@ -129,4 +106,4 @@ class RunFolder:
         return target
 
 
-__all__ = ["RunFolder", "rows_csv", "strict_json"]
+__all__ = ["RunFolder", "strict_json"]
