@@ -12,7 +12,7 @@ import torch
 from _cifar_subset import link_subset
 from _data import cifar10_root
 
-from unlearnable import OutputOptions, SecretKey, protect_directory
+from unlearnable import CudaConfig, OutputOptions, RunOptions, SecretKey, protect_directory
 from unlearnable.attacks.base import make_attack
 from unlearnable.attacks.training import TrainConfig
 from unlearnable.verify import run_verification
@@ -54,8 +54,9 @@ def run(args: argparse.Namespace, attack_names: list[str]) -> tuple[list[Row], f
         train = link_subset(root / "train", scratch / "train", args.per_class)
         test = link_subset(root / "test", scratch / "test", args.test_per_class)
         started = time.perf_counter()
-        protected = protect_directory(train, scratch / "protected", SecretKey(bytes(32)), labels="folders",
-                                      strength=args.strength, options=OutputOptions(format="png"))
+        protected = protect_directory(train, scratch / "protected", SecretKey(bytes(32)),
+                                      CudaConfig(labels="folders", strength=args.strength),
+                                      RunOptions(output=OutputOptions(format="png")))
         protect_seconds = time.perf_counter() - started
         if protected.failed:
             raise SystemExit(f"protect failed for {len(protected.failed)} files")

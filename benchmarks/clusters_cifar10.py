@@ -43,10 +43,13 @@ from _cifar_subset import coarse_label_csv, link_subset  # noqa: E402
 from _data import cifar10_root  # noqa: E402
 
 from unlearnable import (  # noqa: E402
+    ClusterCudaConfig,
     OutputOptions,
+    RunOptions,
     SecretKey,
     Surrogate,
     UCConfig,
+    UCMethodConfig,
     load_surrogate,
     protect_directory,
     surrogate_from_module,
@@ -153,19 +156,17 @@ class Protected:
 
 def protect(method: str, train: Path, target: Path, surrogate: Surrogate | str, args) -> Protected:
     started = time.perf_counter()
-    run = protect_directory(
-        train,
-        target,
-        KEY,
-        method="uc" if method == "uc" else "cuda",
-        labels="clusters",
-        surrogate=surrogate,
-        clusters=args.clusters,
-        uc_config=UCConfig(eps=args.eps / 255, steps=args.uc_steps) if method == "uc" else None,
+    if method == "uc":
+        uc = UCConfig(eps=args.eps / 255, steps=args.uc_steps)
+        config = UCMethodConfig(surrogate=surrogate, clusters=args.clusters, uc=uc)
+    else:
+        config = ClusterCudaConfig(surrogate=surrogate, clusters=args.clusters)
+    run_options = RunOptions(
+        output=OutputOptions(format="png"),  # lossless: JPEG re-encoding would weaken both
         device=args.device if isinstance(surrogate, str) else None,
-        options=OutputOptions(format="png"),  # lossless: JPEG re-encoding would weaken both
         threads=args.threads,
     )
+    run = protect_directory(train, target, KEY, config, run_options)
     seconds = time.perf_counter() - started
     if run.failed:
         raise SystemExit(f"{method}: protect failed for {len(run.failed)} files")

@@ -32,9 +32,9 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _data import cifar10_root  # noqa: E402
 
-from unlearnable import SecretKey, protect_directory  # noqa: E402
+from unlearnable import CudaConfig, RunOptions, SecretKey, protect_directory  # noqa: E402
 from unlearnable.io.discover import discover_images  # noqa: E402
-from unlearnable.protect.folder import default_workers  # noqa: E402
+from unlearnable.io.executors import default_workers  # noqa: E402
 
 
 def _floor_chunk(args: tuple[Path, Path, list[str]]) -> int:
@@ -66,7 +66,9 @@ def io_floor(source: Path, target: Path, files: list[str], workers: int) -> floa
 
 def protect_time(source: Path, target: Path, workers: int) -> tuple[float, int]:
     start = time.perf_counter()
-    run = protect_directory(source, target, SecretKey(bytes(32)), labels="auto", workers=workers)
+    run = protect_directory(
+        source, target, SecretKey(bytes(32)), CudaConfig(labels="auto"), RunOptions(workers=workers)
+    )
     seconds = time.perf_counter() - start
     assert not run.failed, run.failed[:3]
     return seconds, len(run.succeeded)

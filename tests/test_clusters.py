@@ -14,24 +14,26 @@ from unlearnable.protect import clusters as uc
 from unlearnable.protect.clusters import (
     ClusterProtector,
     ClusterResult,
-    UCConfig,
-    anchor_indices,
     apply_cluster_perturbations,
     assign_clusters,
-    augment_batch,
     cluster_features,
-    cluster_kl_loss,
     normalized_mutual_info,
-    optimise_cluster_perturbations,
-    random_cluster_perturbations,
-    resolve_temperature,
-    training_indices,
 )
 from unlearnable.protect.surrogate import (
     Surrogate,
     WeakSurrogateWarning,
     extract_features,
     load_surrogate,
+)
+from unlearnable.protect.uc_config import UCConfig
+from unlearnable.protect.uc_optimise import (
+    anchor_indices,
+    augment_batch,
+    cluster_kl_loss,
+    optimise_cluster_perturbations,
+    random_cluster_perturbations,
+    resolve_temperature,
+    training_indices,
 )
 
 EPS = 8 / 255

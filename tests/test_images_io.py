@@ -118,3 +118,38 @@ def test_atomic_write_replaces_and_leaves_no_temp(tmp_path):
     atomic_write_bytes(target, b"two")
     assert target.read_bytes() == b"two"
     assert [p.name for p in target.parent.iterdir()] == ["f.bin"]
+
+
+def test_sha256_file_streams_the_same_digest_as_hashing_the_bytes(tmp_path):
+    import hashlib
+
+    from unlearnable.io.hashing import BLOCK_BYTES, sha256_file, sha256_strings
+
+    data = np.random.default_rng(0).integers(0, 256, 2 * BLOCK_BYTES + 17, np.uint8).tobytes()
+    (tmp_path / "f.bin").write_bytes(data)
+    assert sha256_file(tmp_path / "f.bin") == hashlib.sha256(data).hexdigest()
+    assert sha256_strings(["ab", "c"]) != sha256_strings(["a", "bc"])
+    with pytest.raises(OSError):
+        sha256_file(tmp_path / "missing.bin")
+
+
+def test_npz_cache_is_reused_only_when_version_and_identity_match(tmp_path):
+    from unlearnable.io.npz_cache import load_npz_cache, save_npz_cache
+
+    path = tmp_path / "sub" / "cache.npz"
+    arrays = {"x": np.arange(6, dtype=np.float32).reshape(2, 3), "note": np.array("hi")}
+    save_npz_cache(path, 2, {"model": "m1", "k": 3}, arrays)
+    assert [p.name for p in path.parent.iterdir()] == ["cache.npz"]  # atomic: no temp left
+    loaded = load_npz_cache(path, 2, {"model": "m1", "k": 3})
+    assert loaded is not None and set(loaded) == {"x", "note"}
+    np.testing.assert_array_equal(loaded["x"], arrays["x"])
+    assert str(loaded["note"]) == "hi"
+    assert load_npz_cache(path, 1, {"model": "m1", "k": 3}) is None  # other version
+    assert load_npz_cache(path, 2, {"model": "m2", "k": 3}) is None  # other identity
+    assert load_npz_cache(path, 2, {"model": "m1", "k": 4}) is None
+    assert load_npz_cache(path, 2, {"model": "m1", "k": 3, "extra": "x"}) is None
+    assert load_npz_cache(tmp_path / "missing.npz", 2, {}) is None
+    path.write_bytes(path.read_bytes()[:50])  # truncated
+    assert load_npz_cache(path, 2, {"model": "m1", "k": 3}) is None
+    with pytest.raises(ValueError, match="distinct"):
+        save_npz_cache(path, 2, {"x": "clash"}, arrays)

@@ -17,6 +17,7 @@ from PIL import Image
 import unlearnable as ul
 from unlearnable.cli import main
 from unlearnable.io.manifest import MANIFEST_NAME
+from unlearnable.io.runner import discover_and_check
 from unlearnable.models import build_victim
 from unlearnable.protect import surrogate as surrogate_module
 from unlearnable.protect import uc_pipeline
@@ -202,7 +203,7 @@ def test_resume_reuses_features_clusters_and_perturbations(tmp_path, runner, key
     def no_optimisation(*args, **kwargs):
         raise AssertionError("perturbations were recomputed")
 
-    monkeypatch.setattr(uc_pipeline, "_extract", no_extraction)
+    monkeypatch.setattr(uc_pipeline, "extract_folder_features", no_extraction)
     monkeypatch.setattr(uc_pipeline, "optimise_cluster_perturbations", no_optimisation)
     result = protect(runner, source, *args, "--resume")
     assert result.exit_code == 0, result.output
@@ -216,7 +217,7 @@ def test_resume_reuses_features_clusters_and_perturbations(tmp_path, runner, key
     # Without the saved perturbations, a resume relearns them from the cached features and
     # images prepared again from the files: the same perturbations, the same outputs.
     monkeypatch.undo()
-    monkeypatch.setattr(uc_pipeline, "_extract", no_extraction)
+    monkeypatch.setattr(uc_pipeline, "extract_folder_features", no_extraction)
     (out / CLUSTER_STATE_NAME).unlink()
     (out / "img10.png").unlink()
     result = protect(runner, source, *args, "--resume")
@@ -232,7 +233,7 @@ def test_resume_with_other_settings_fails_before_any_work(tmp_path, runner, key_
     def no_work(*args, **kwargs):
         raise AssertionError("a refused resume must not extract features")
 
-    monkeypatch.setattr(uc_pipeline, "_extract", no_work)
+    monkeypatch.setattr(uc_pipeline, "extract_folder_features", no_work)
     for extra in (["--eps", "4"], ["--clusters", "2"]):
         result = protect(
             runner, source, out, key_file, "--method", "uc", *UC_FAST, *extra, "--resume"
@@ -258,7 +259,7 @@ def test_resume_with_other_settings_fails_before_any_work(tmp_path, runner, key_
 def test_a_run_killed_after_the_feature_pass_continues_without_resume(tmp_path, runner, key_file):
     source = make_flat_folder(tmp_path / "in")
     out = tmp_path / "out"
-    discovery = ul.protect.folder.discover_and_check(source, out)
+    discovery = discover_and_check(source, out)
     cluster_folder(source, out, discovery.files, FIXED_KEY, "random", 3)  # only the caches
     assert sorted(p.name for p in out.iterdir()) == sorted(RUN_FILES)
     key_path = tmp_path / "fixed.bin"
@@ -323,11 +324,8 @@ def test_own_module_as_surrogate_and_verify_with_scraper_folders(tmp_path):
         clean,
         tmp_path / "uc",
         FIXED_KEY,
-        method="uc",
-        surrogate=surrogate,
-        clusters=3,
-        uc_config=ul.UCConfig(steps=2),
-        workers=1,
+        ul.UCMethodConfig(surrogate=surrogate, clusters=3, uc=ul.UCConfig(steps=2)),
+        ul.RunOptions(workers=1),
     )
     assert not run.failed
     assert run.manifest.extra["clustering"]["surrogate"] == "module:cnn"

@@ -12,8 +12,8 @@ The public Python API (everything the CLI does)::
     # Unlearnable Clusters (label-agnostic): surrogate features -> k-means -> one perturbation
     # per cluster; ``surrogate`` is a spec ("ViT-B-32:openai", "tv:resnet50", "random") or a
     # ``ul.Surrogate`` (e.g. ``ul.surrogate_from_module(my_cnn, name="cnn", input_size=32)``).
-    run = ul.protect_directory("photos", "photos-uc", key, method="uc", surrogate="random",
-                               clusters=10, uc_config=ul.UCConfig(eps=16 / 255, steps=100))
+    method = ul.UCMethodConfig(surrogate="random", clusters=10, uc=ul.UCConfig(eps=16 / 255))
+    run = ul.protect_directory("photos", "photos-uc", key, method, ul.RunOptions(workers=2))
 
     # Verify: train victims on the protected and on the clean copy, score, write a run folder.
     run = ul.verify_folders("photos-protected", "photos", "test-photos",
@@ -48,7 +48,9 @@ _LAZY: dict[str, str] = {
     "load_key_file": ".keys",
     "write_key_file": ".keys",
     # protection
+    "ClusterCudaConfig": ".protect",
     "ClusterProtector": ".protect",
+    "CudaConfig": ".protect",
     "CudaProtector": ".protect",
     "FolderClusters": ".protect",
     "OutputOptions": ".protect",
@@ -57,6 +59,9 @@ _LAZY: dict[str, str] = {
     "Surrogate": ".protect",
     "SurrogateError": ".protect",
     "UCConfig": ".protect",
+    "UCMethodConfig": ".protect",
+    "RunOptions": ".protect",
+    "register_method": ".protect",
     "apply_cluster_perturbations": ".protect",
     "apply_cuda": ".protect",
     "cluster_folder": ".protect",
@@ -89,7 +94,9 @@ _LAZY.update(
 )
 
 __all__ = [  # literal, so tools can read it; tests check it matches _LAZY
+    "ClusterCudaConfig",
     "ClusterProtector",
+    "CudaConfig",
     "CudaProtector",
     "FolderClusters",
     "InputError",
@@ -101,11 +108,13 @@ __all__ = [  # literal, so tools can read it; tests check it matches _LAZY
     "PartialFailure",
     "ProtectRun",
     "ProtectUsageError",
+    "RunOptions",
     "SecretKey",
     "Surrogate",
     "SurrogateError",
     "Thresholds",
     "UCConfig",
+    "UCMethodConfig",
     "UnlearnableError",
     "UsageError",
     "VerifyData",
@@ -124,6 +133,7 @@ __all__ = [  # literal, so tools can read it; tests check it matches _LAZY
     "load_surrogate",
     "protect_directory",
     "read_state_dict",
+    "register_method",
     "run_verification",
     "save_model",
     "surrogate_from_module",
@@ -150,15 +160,19 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .keys import SecretKey, load_key_file, write_key_file
     from .models import build_victim
     from .protect import (
+        ClusterCudaConfig,
         ClusterProtector,
+        CudaConfig,
         CudaProtector,
         FolderClusters,
         OutputOptions,
         ProtectRun,
         ProtectUsageError,
+        RunOptions,
         Surrogate,
         SurrogateError,
         UCConfig,
+        UCMethodConfig,
         apply_cluster_perturbations,
         apply_cuda,
         cluster_folder,
@@ -166,6 +180,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         cuda_params,
         load_surrogate,
         protect_directory,
+        register_method,
         surrogate_from_module,
     )
     from .verify import Thresholds, VerifyData, VerifyResult, run_verification

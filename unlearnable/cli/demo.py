@@ -58,7 +58,7 @@ def demo(
     from ..datasets import DEMO_CLASSES, write_demo_folder
     from ..io.preview import write_preview
     from ..keys import write_key_file
-    from ..protect import protect_directory
+    from ..protect import CudaConfig, RunOptions, protect_directory
     from ..verify_run import VerifyOptions, fresh_folder
 
     quiet = quiet or as_json
@@ -75,8 +75,8 @@ def demo(
             clean_train,
             protected_train,
             key,
-            labels="folders",
-            workers=1,
+            CudaConfig(labels="folders"),
+            RunOptions(workers=1),
             progress=bars.counter("protecting"),
         )
     summary = run_result.manifest.summary

@@ -9,6 +9,9 @@ from pathlib import Path
 import click
 
 from ..errors import EXIT_FAILURES, UsageError
+from ..protect.cuda_method import STRENGTHS
+from ..protect.methods import METHODS, Method
+from ..protect.uc_config import DEFAULT_CLUSTERS, DEFAULT_SURROGATE
 from .common import (
     err_console,
     load_key,
@@ -19,11 +22,12 @@ from .common import (
     warn,
 )
 
-METHODS = ("cuda", "uc")
-STRENGTHS = ("low", "mid", "high")
-DEFAULT_SURROGATE = "ViT-B-32:openai"
-DEFAULT_CLUSTERS = 10
 DEFAULT_MAX_PIXELS = 178_956_970
+"""= :data:`unlearnable.io.images.DEFAULT_MAX_PIXELS` (not imported: that loads Pillow)."""
+
+
+def _methods_help() -> str:
+    return " ".join(f"{name}: {METHODS.get(name).summary}." for name in METHODS.names())
 
 
 @click.command()
@@ -46,11 +50,10 @@ DEFAULT_MAX_PIXELS = 178_956_970
 )
 @click.option(
     "--method",
-    type=click.Choice(METHODS),
+    type=click.Choice(METHODS.names()),
     default="cuda",
     show_default=True,
-    help="cuda: a key-derived blur filter per class. uc: Unlearnable Clusters, label-agnostic "
-    "(one learned perturbation per cluster of surrogate features; no labels needed).",
+    help=_methods_help(),
 )
 @click.option(
     "--labels",
@@ -184,6 +187,7 @@ def protect(
     preview: int,
     quiet: bool,
     as_json: bool,
+    **method_options: object,
 ) -> None:
     """Protect the images in INPUT into a separate output folder.
 
@@ -197,20 +201,37 @@ def protect(
       unlearnable protect ./photos --key secret.bin --labels clusters   # CUDA on clusters
     Features, clusters and perturbations are cached in the output folder (--resume reuses them).
     """
-    from ..protect import OutputOptions, protect_directory
+    from ..protect import OutputOptions, RunOptions, protect_directory
     from ..protect.surrogate import SurrogateError
     from ..verify_run import resolve_device
 
     key = load_key(key_path)
-    if kernel_size is not None and kernel_size % 2 == 0:
-        raise UsageError(f"--kernel-size must be odd, got {kernel_size}")
-    uses_clusters = method == "uc" or labels == "clusters"
-    uc_config = protect_uc_config(method, eps, uc_steps)
-    if not uses_clusters and (surrogate is not None or num_clusters is not None):
-        raise UsageError("--surrogate and --clusters need --method uc or --labels clusters")
+    values = {
+        "labels": labels,
+        "strength": strength,
+        "kernel_size": kernel_size,
+        "blur": blur,
+        "surrogate": surrogate,
+        "clusters": num_clusters,
+        "eps": eps,
+        "uc_steps": uc_steps,
+        **method_options,
+    }
+    config = method_config_from_options(METHODS.get(method), values)
+    entry = METHODS.for_config(config)
+    assert entry is not None  # from_options returns a registered config
     target = output_dir or input_dir.with_name(input_dir.resolve().name + "-protected")
     if fmt in ("jpeg", "webp"):
         warn(f"{fmt} output is lossy; re-encoding weakens the protection. PNG keeps it intact.")
+    run = RunOptions(
+        output=OutputOptions(
+            format=fmt, quality=quality, strip_gps=strip_gps, max_pixels=max_pixels
+        ),
+        resume=resume,
+        workers=workers,
+        device=resolve_device(device) if entry.uses_surrogate else None,
+        allow_pickle=allow_pickle,
+    )
     names = {
         "reading": "hashing files",
         "features": "surrogate features",
@@ -223,21 +244,8 @@ def protect(
                 input_dir,
                 target,
                 key,
-                method=method,
-                labels=labels,
-                strength=strength,
-                kernel_size=kernel_size,
-                blur=blur,
-                surrogate=surrogate,
-                clusters=num_clusters or DEFAULT_CLUSTERS,
-                uc_config=uc_config,
-                device=resolve_device(device) if uses_clusters else None,
-                allow_pickle=allow_pickle,
-                options=OutputOptions(
-                    format=fmt, quality=quality, strip_gps=strip_gps, max_pixels=max_pixels
-                ),
-                resume=resume,
-                workers=workers,
+                config,
+                run,
                 progress=bars.counter("protecting"),
                 stage_progress=bars.update,
             )
@@ -259,19 +267,35 @@ def protect(
         raise click.exceptions.Exit(EXIT_FAILURES)
 
 
-def protect_uc_config(method: str, eps: float | None, uc_steps: int | None):
-    """The UC settings from ``--eps`` (1/255 units) and ``--uc-steps``; None for CUDA."""
-    from ..protect.clusters import UCConfig
+def method_config_from_options(entry: Method, values: dict[str, object]):
+    """The method config from the command's options (the entry's ``from_options``); a
+    ``ValueError`` from a config's validation becomes a usage error."""
+    try:
+        return entry.config_from_options(values)
+    except UsageError:
+        raise
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
-    if method != "uc":
-        if eps is not None or uc_steps is not None:
-            raise UsageError("--eps and --uc-steps are settings of --method uc")
-        return None
-    defaults = UCConfig()
-    return UCConfig(
-        eps=(eps if eps is not None else 16.0) / 255.0,
-        steps=uc_steps if uc_steps is not None else defaults.steps,
-    )
+
+def _add_method_options(command: click.Command) -> None:
+    """Add the command-line options that registered methods bring (:class:`MethodOption`)."""
+    taken = {param.name for param in command.params}
+    for name in METHODS.names():
+        for option in METHODS.get(name).cli_options:
+            if option.name in taken:
+                continue
+            taken.add(option.name)
+            command.params.append(
+                click.Option(
+                    [option.flag],
+                    option.name,
+                    type=option.type,
+                    default=None,
+                    help=f"{name}: {option.help}" if option.help else None,
+                    metavar=option.metavar,
+                )
+            )
 
 
 @contextmanager
@@ -387,5 +411,7 @@ def clustering_rows(method: str, clustering: dict) -> list[tuple[str, str]]:
     )
     return rows
 
+
+_add_method_options(protect)
 
 COMMANDS = (protect,)

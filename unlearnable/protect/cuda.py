@@ -50,9 +50,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..keys import SecretKey, key_uniforms
+from .cuda_method import STRENGTHS, validate_blur, validate_kernel_size
 
 FILTER_VERSION = 1
-STRENGTHS = ("low", "mid", "high")
 _STRENGTH_SCALE = {"low": 0.5, "mid": 1.0, "high": 5.0 / 3.0}
 # (largest short side, kernel size, mid blur parameter)
 _SIZE_BUCKETS = ((48, 3, 0.30), (96, 5, 0.15), (160, 7, 0.09), (math.inf, 9, 0.06))
@@ -92,16 +92,6 @@ def cuda_params(
     chosen_blur = mid_blur * _STRENGTH_SCALE[strength] if blur is None else blur
     validate_blur(chosen_blur)
     return CudaParams(kernel_size=k, blur=round(float(chosen_blur), 6), upscale=upscale)
-
-
-def validate_kernel_size(kernel_size: int) -> None:
-    if kernel_size < 1 or kernel_size % 2 == 0 or kernel_size > 63:
-        raise ValueError(f"kernel size must be an odd number from 1 to 63, got {kernel_size}")
-
-
-def validate_blur(blur: float) -> None:
-    if not 0.0 < blur <= 1.0:
-        raise ValueError(f"blur parameter must be in (0, 1], got {blur}")
 
 
 def cuda_filters(
@@ -191,7 +181,7 @@ def _fft_correlate(planes: Tensor, kernel: Tensor, top: int, left: int) -> Tenso
 
 
 class CudaProtector:
-    """CUDA as a folder :class:`~unlearnable.protect.folder.Protector`: filters per class name.
+    """CUDA as a folder :class:`~unlearnable.io.runner.Protector`: filters per class name.
 
     ``classes`` are label names (class id = index). Per-image parameters come from
     :func:`cuda_params`; filters are derived lazily per (k, p_b) and cached.

@@ -1,6 +1,6 @@
 """A small on-disk cache of surrogate features, so a resumed or repeated UC run skips extraction.
 
-The cache is one ``.npz`` file (read with ``allow_pickle=False``) holding:
+The cache is one versioned ``.npz`` file (:mod:`unlearnable.io.npz_cache`, no pickle) holding:
 
 * ``features``: ``(N, D)`` float32;
 * ``surrogate``: the surrogate identity string (use :attr:`Surrogate.cache_id`, which covers the
@@ -12,32 +12,25 @@ The cache is one ``.npz`` file (read with ``allow_pickle=False``) holding:
 A file id is whatever identifies one input for the caller, e.g. ``"relative/path.jpg:<sha256 of
 the input bytes>"``, so that an edited file invalidates the cache. :func:`load_feature_cache`
 returns ``None`` for a missing, unreadable or non-matching cache; it never raises for those.
-Writes are atomic: a temporary file in the same folder, then ``os.replace``.
+Writes are atomic (:func:`unlearnable.io.atomic.atomic_write_bytes`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-import struct
-import tempfile
-import zipfile
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
+
+from ..io.hashing import sha256_strings
+from ..io.npz_cache import load_npz_cache, save_npz_cache
 
 CACHE_VERSION = 1
 
 
 def file_ids_digest(file_ids: Sequence[str]) -> str:
     """SHA-256 (hex) over the ordered ids, each length-prefixed (uint64 big-endian) UTF-8."""
-    digest = hashlib.sha256()
-    for file_id in file_ids:
-        raw = file_id.encode("utf-8")
-        digest.update(struct.pack(">Q", len(raw)))
-        digest.update(raw)
-    return digest.hexdigest()
+    return sha256_strings(file_ids)
 
 
 def save_feature_cache(
@@ -53,27 +46,8 @@ def save_feature_cache(
             f"features must be (N, D) with N = len(file_ids) = {len(file_ids)}, "
             f"got {features.shape}"
         )
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(
-                handle,
-                features=features,
-                surrogate=np.array(surrogate_spec),
-                ids_sha256=np.array(file_ids_digest(file_ids)),
-                version=np.array(CACHE_VERSION, dtype=np.int64),
-            )
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, target)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
+    identity = {"surrogate": surrogate_spec, "ids_sha256": file_ids_digest(file_ids)}
+    save_npz_cache(path, CACHE_VERSION, identity, {"features": features})
 
 
 def load_feature_cache(
@@ -81,20 +55,11 @@ def load_feature_cache(
 ) -> np.ndarray | None:
     """The cached ``(N, D)`` float32 features, or ``None`` when the cache is missing, unreadable,
     of another version, from another surrogate, or for other (or differently ordered) files."""
-    source = Path(path)
-    if not source.is_file():
+    identity = {"surrogate": surrogate_spec, "ids_sha256": file_ids_digest(file_ids)}
+    arrays = load_npz_cache(path, CACHE_VERSION, identity)
+    if arrays is None or "features" not in arrays:
         return None
-    try:
-        with np.load(source, allow_pickle=False) as data:
-            if int(data["version"]) != CACHE_VERSION:
-                return None
-            if str(data["surrogate"]) != surrogate_spec:
-                return None
-            if str(data["ids_sha256"]) != file_ids_digest(file_ids):
-                return None
-            features = np.asarray(data["features"], dtype=np.float32)
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-        return None
+    features = np.asarray(arrays["features"], dtype=np.float32)
     if features.ndim != 2 or features.shape[0] != len(file_ids):
         return None
     return features

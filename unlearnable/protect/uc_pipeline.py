@@ -1,25 +1,28 @@
 """Cluster a folder with a surrogate and build its protector: the clustering half of ``protect``.
 
-Used by :func:`unlearnable.protect.protect_directory` for ``method="uc"`` (Unlearnable Clusters)
-and for ``labels="clusters"`` (CUDA with the surrogate's clusters as classes, label-agnostic).
+Used by the ``uc`` (Unlearnable Clusters) and ``cluster-cuda`` (CUDA with the surrogate's
+clusters as classes, label-agnostic) methods of :func:`unlearnable.protect.protect_directory`.
 :func:`cluster_folder` does, in order:
 
 1. read every file and hash it (SHA-256); the file ids ``"relative/path:<sha256>"`` key the caches;
 2. embed every image with the surrogate (decoded, grey repeated to RGB, alpha dropped,
    centre-cropped and resized to the surrogate's input size by its own resize, in batches), or
    take the embeddings from the feature cache :data:`FEATURE_CACHE_NAME` in the output folder;
-3. k-means into ``k`` clusters from the key (:func:`~unlearnable.protect.clusters.cluster_features`);
-4. for UC, learn one perturbation per cluster (:func:`~unlearnable.protect.clusters.optimise_cluster_perturbations`)
-   on the images it needs (:func:`~unlearnable.protect.clusters.training_indices`), prepared at
+3. k-means into ``k`` clusters from the key
+   (:func:`~unlearnable.protect.clusters.cluster_features`);
+4. for UC, learn one perturbation per cluster
+   (:func:`~unlearnable.protect.uc_optimise.optimise_cluster_perturbations`) on the images it
+   needs (:func:`~unlearnable.protect.uc_optimise.training_indices`), prepared at
    the perturbation resolution and stored as uint8 (the same pixels whether or not the features
    came from the cache, so a resumed run learns exactly what a fresh one learns).
 
-Clusters (and, for UC, the perturbations) are saved in :data:`CLUSTER_STATE_NAME` (``.npz``,
-no pickle) next to the feature cache. Both files are only reused when they match: the cache
-checks the ordered file ids and the surrogate's ``cache_id``; the state also checks the key's
-fingerprint, ``k`` and the UC settings. Same key, same surrogate, same files: same clusters and
-perturbations, hence (through :class:`~unlearnable.protect.clusters.ClusterProtector`, which
-resizes each cluster's perturbation to every image's own size) identical output files.
+Clusters (and, for UC, the perturbations) are saved in :data:`CLUSTER_STATE_NAME`
+(:mod:`.cluster_state`) next to the feature cache. Both files are only reused when they match:
+the cache checks the ordered file ids and the surrogate's ``cache_id``; the state also checks
+the key's fingerprint, ``k`` and the UC settings. Same key, same surrogate, same files: same
+clusters and perturbations, hence (through
+:class:`~unlearnable.protect.clusters.ClusterProtector`, which resizes each cluster's
+perturbation to every image's own size) identical output files.
 
 A file that cannot be decoded gets a row of NaN in the feature cache (so the cache still covers
 every readable file) and is reported in :attr:`FolderClusters.problems`; it is not clustered.
@@ -31,58 +34,66 @@ the CPUs this process may use); the caller's setting is restored afterwards.
 from __future__ import annotations
 
 import hashlib
-import io
-import json
-import os
 import time
-import zipfile
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ..imageops import square_rgb, to_uint8
-from ..io.atomic import atomic_write_bytes
-from ..io.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
-from ..io.manifest import MANIFEST_NAME, ManifestError, read_manifest
+from ..io.executors import default_workers as available_cpus
+from ..io.images import DEFAULT_MAX_PIXELS
+from ..io.runner import FolderJob, Protector, ProtectUsageError, check_output_folder
 from ..keys import SecretKey
-from .clusters import (
-    ClusterProtector,
-    ClusterResult,
-    UCConfig,
-    cluster_features,
-    optimise_cluster_perturbations,
-    training_indices,
+from .cluster_state import (
+    CLUSTER_STATE_NAME,
+    FEATURE_CACHE_NAME,
+    RUN_FILES,
+    assignments_digest,
+    check_same_request,
+    config_json,
+    earlier_clustering,
+    load_state,
+    save_state,
 )
-from .feature_cache import file_ids_digest, load_feature_cache, save_feature_cache
-from .folder import ProtectUsageError, check_output_folder
+from .clusters import ClusterProtector, ClusterResult, cluster_features
+from .feature_cache import load_feature_cache, save_feature_cache
+from .feature_pass import (
+    StageProgress,
+    decode_errors,
+    extract_folder_features,
+    hash_files,
+    load_prepared,
+)
 from .surrogate import Surrogate, load_surrogate
+from .uc_config import DEFAULT_CLUSTERS, DEFAULT_SURROGATE, UCConfig
+from .uc_optimise import optimise_cluster_perturbations, training_indices
 
-FEATURE_CACHE_NAME = "unlearnable-features.npz"
-"""Surrogate features of the input files, in the output folder (see :mod:`.feature_cache`)."""
-CLUSTER_STATE_NAME = "unlearnable-clusters.npz"
-"""Cluster assignment, centres and (UC) perturbations, in the output folder."""
-RUN_FILES = (FEATURE_CACHE_NAME, CLUSTER_STATE_NAME)
-"""The sidecar files a clustering run writes into the output folder before the images."""
+if TYPE_CHECKING:
+    from .methods import MethodContext
 
-DEFAULT_SURROGATE = "ViT-B-32:openai"
-"""The paper-like surrogate (OpenAI CLIP ViT-B/32); its weights are downloaded on first use."""
-DEFAULT_CLUSTERS = 10
 CLUSTER_PREFIX = "cluster-"
-STATE_VERSION = 1
-KEEP_IMAGES_BYTES = 1 << 31
-"""Prepared images are kept from the feature pass for the optimisation up to this many bytes;
-above it, the images the optimisation needs are decoded again."""
-DECODE_THREADS = 4
+CLUSTER_LABEL_MODE = "clusters"
+"""The manifest's label mode for methods whose classes are the surrogate's clusters."""
 
-StageProgress = Callable[[str, int, int | None], None]
-"""``progress(stage, done, total)`` with stage ``reading``, ``features`` or ``perturbations``."""
+__all__ = [
+    "CLUSTER_STATE_NAME",
+    "DEFAULT_CLUSTERS",
+    "DEFAULT_SURROGATE",
+    "FEATURE_CACHE_NAME",
+    "RUN_FILES",
+    "FolderClusters",
+    "StageProgress",
+    "available_cpus",
+    "cluster_folder",
+    "cluster_for_method",
+    "cluster_names",
+    "torch_threads",
+]
 
 
 def cluster_names(k: int) -> list[str]:
@@ -143,7 +154,7 @@ class FolderClusters:
 
     @property
     def assignments_sha256(self) -> str:
-        return _assignments_digest(self.files, self.assignments)
+        return assignments_digest(self.files, self.assignments)
 
     @property
     def feature_images_per_second(self) -> float | None:
@@ -163,9 +174,24 @@ class FolderClusters:
             settings={
                 "surrogate": self.surrogate_spec,
                 "surrogate_id": self.surrogate_id,
-                "uc_config": _config_json(self.uc_config),
+                "uc_config": config_json(self.uc_config),
                 "perturbations_sha256": hashlib.sha256(self.deltas.tobytes()).hexdigest(),
             },
+        )
+
+    def folder_job(self, protector: Protector) -> FolderJob:
+        """What the folder runner writes: every clustered file labelled with its cluster
+        (label mode ``clusters``), the unreadable ones as problems, the ``clustering`` entry
+        in the manifest, and the caches as this run's own files."""
+        return FolderJob(
+            protector=protector,
+            labels=self.labels,
+            classes=self.class_names,
+            label_mode=CLUSTER_LABEL_MODE,
+            problems=dict(self.problems),
+            clusters=self.cluster_of,
+            manifest_extra={"clustering": self.manifest_info()},
+            run_files=RUN_FILES,
         )
 
     def manifest_info(self) -> dict[str, Any]:
@@ -191,7 +217,7 @@ class FolderClusters:
             info["uc"] = {
                 "eps": self.uc_config.eps,
                 "eps_255": round(self.uc_config.eps * 255, 6),
-                "config": _config_json(self.uc_config),
+                "config": config_json(self.uc_config),
                 "resolution": int(self.deltas.shape[-1]),
                 "optimise_seconds": round(self.optimise_seconds, 3),
             }
@@ -239,19 +265,19 @@ def cluster_folder(
             f"cannot make {k} clusters from {len(files)} images; use fewer clusters (--clusters)"
         )
     check_output_folder(target, resume, RUN_FILES)
-    earlier = _earlier_clustering(target, key) if resume else None
+    earlier = earlier_clustering(target, key) if resume else None
     if isinstance(surrogate, Surrogate):
         model = surrogate
     else:
         model = load_surrogate(surrogate, device or "cpu", allow_pickle=allow_pickle)
     if earlier is not None:
-        _check_same_request(earlier, model, k, uc_config)
+        check_same_request(earlier, model, k, uc_config)
     report = progress or _no_progress
     resolution = (uc_config.resolution if uc_config else None) or model.input_size
 
     with torch_threads(threads):
         started = time.perf_counter()
-        readable, digests, problems = _hash_files(source, files, report)
+        readable, digests, problems = hash_files(source, files, report)
         ids = [f"{path}:{digest}" for path, digest in zip(readable, digests, strict=True)]
         cache_path = target / FEATURE_CACHE_NAME
         features = load_feature_cache(cache_path, ids, model.cache_id)
@@ -259,14 +285,14 @@ def cluster_folder(
         from_cache = features is not None
         feature_start = time.perf_counter()
         if features is None:
-            features, kept, decode_problems = _extract(
+            features, kept, decode_problems = extract_folder_features(
                 source, readable, model, resolution, max_pixels, batch_size, report
             )
             target.mkdir(parents=True, exist_ok=True)
             save_feature_cache(cache_path, features, ids, model.cache_id)
         else:
             failed = [readable[i] for i in np.flatnonzero(np.isnan(features).any(axis=1))]
-            decode_problems = _decode_errors(source, failed, max_pixels)
+            decode_problems = decode_errors(source, failed, max_pixels)
         feature_seconds = time.perf_counter() - feature_start
         problems.update(decode_problems)
 
@@ -279,7 +305,7 @@ def cluster_folder(
                 "use fewer clusters (--clusters)"
             )
         state_path = target / CLUSTER_STATE_NAME
-        state = _load_state(state_path, ok_ids, model.cache_id, key, k, uc_config)
+        state = load_state(state_path, ok_ids, model.cache_id, key, k, uc_config)
         if state is not None:
             result = ClusterResult(state.assignments, state.centers)
         else:
@@ -294,7 +320,7 @@ def cluster_folder(
                 images_u8 = kept[torch.from_numpy(np.flatnonzero(valid)[indices])]
             else:
                 chosen = [ok_files[i] for i in indices.tolist()]
-                images_u8 = _load_prepared(source, chosen, resolution, max_pixels)
+                images_u8 = load_prepared(source, chosen, resolution, max_pixels)
             del kept
             deltas_t = optimise_cluster_perturbations(
                 model,
@@ -308,7 +334,7 @@ def cluster_folder(
             optimise_seconds = time.perf_counter() - optimise_start
         if state is None or (uc_config is not None and state.deltas is None):
             target.mkdir(parents=True, exist_ok=True)
-            _save_state(state_path, ok_ids, model.cache_id, key, result, uc_config, deltas)
+            save_state(state_path, ok_ids, model.cache_id, key, result, uc_config, deltas)
         total_seconds = time.perf_counter() - started
 
     clusters = FolderClusters(
@@ -340,15 +366,34 @@ def cluster_folder(
     return clusters
 
 
+def cluster_for_method(
+    context: MethodContext,
+    surrogate: str | Surrogate,
+    k: int,
+    uc_config: UCConfig | None,
+) -> FolderClusters:
+    """:func:`cluster_folder` for a method's ``prepare``: the context's folders, files, key and
+    run options (resume, device, allow_pickle, max_pixels, threads, stage progress)."""
+    run = context.run
+    return cluster_folder(
+        context.input_dir,
+        context.output_dir,
+        context.files,
+        context.key,
+        surrogate,
+        k,
+        uc_config=uc_config,
+        resume=run.resume,
+        device=run.device,
+        allow_pickle=run.allow_pickle,
+        max_pixels=run.output.max_pixels,
+        threads=run.threads,
+        progress=context.stage_progress,
+    )
+
+
 def _no_progress(stage: str, done: int, total: int | None) -> None:
     return None
-
-
-def available_cpus() -> int:
-    """CPUs this process may run on (the affinity mask where the OS has one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
 
 
 @contextmanager
@@ -367,269 +412,3 @@ def torch_threads(threads: int | None) -> Iterator[int]:
     finally:
         if torch.get_num_threads() != previous:
             torch.set_num_threads(previous)
-
-
-# --------------------------------------------------------------------------------------------
-# Reading and preparing images
-# --------------------------------------------------------------------------------------------
-
-
-def _hash_files(
-    source: Path, files: list[str], report: StageProgress
-) -> tuple[list[str], list[str], dict[str, str]]:
-    """SHA-256 of every readable file: (readable paths, digests, problems of the others)."""
-
-    def digest(path: str) -> str | OSError:
-        hasher = hashlib.sha256()
-        try:
-            with (source / path).open("rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    hasher.update(block)
-        except OSError as exc:
-            return exc
-        return hasher.hexdigest()
-
-    readable: list[str] = []
-    digests: list[str] = []
-    problems: dict[str, str] = {}
-    with ThreadPoolExecutor(DECODE_THREADS) as pool:
-        for done, (path, result) in enumerate(
-            zip(files, pool.map(digest, files), strict=True), start=1
-        ):
-            if isinstance(result, OSError):
-                problems[path] = f"cannot read file: {result.strerror or result}"
-            else:
-                readable.append(path)
-                digests.append(result)
-            if done % 256 == 0 or done == len(files):
-                report("reading", done, len(files))
-    return readable, digests, problems
-
-
-@dataclass
-class _Prepared:
-    path: str
-    surrogate_input: Tensor | None = None  # (3, S_in, S_in) float
-    training: Tensor | None = None  # (3, R, R) uint8
-    error: str | None = None
-
-
-def _prepare_file(
-    source: Path, path: str, input_size: int, resolution: int | None, max_pixels: int
-) -> _Prepared:
-    try:
-        decoded = decode_image((source / path).read_bytes(), max_pixels)
-    except OSError as exc:
-        return _Prepared(path, error=f"cannot read file: {exc.strerror or exc}")
-    except ImageDecodeError as exc:
-        return _Prepared(path, error=str(exc))
-    item = _Prepared(path)
-    if input_size:
-        item.surrogate_input = square_rgb(decoded.pixels, input_size)
-    if resolution:
-        if resolution == input_size and item.surrogate_input is not None:
-            item.training = to_uint8(item.surrogate_input)
-        else:
-            item.training = to_uint8(square_rgb(decoded.pixels, resolution))
-    return item
-
-
-def _extract(
-    source: Path,
-    files: list[str],
-    model: Surrogate,
-    resolution: int,
-    max_pixels: int,
-    batch_size: int,
-    report: StageProgress,
-) -> tuple[np.ndarray, Tensor | None, dict[str, str]]:
-    """Features ``(N, D)`` (NaN rows for undecodable files), the prepared uint8 images at
-    ``resolution`` when they fit in :data:`KEEP_IMAGES_BYTES` (else None), and decode problems."""
-    count = len(files)
-    keep = count * 3 * resolution * resolution <= KEEP_IMAGES_BYTES
-    features = np.full((count, model.embed_dim), np.nan, dtype=np.float32)
-    kept = torch.zeros(count, 3, resolution, resolution, dtype=torch.uint8) if keep else None
-    problems: dict[str, str] = {}
-    done = 0
-    report("features", 0, count)
-    with ThreadPoolExecutor(DECODE_THREADS) as pool, torch.no_grad():
-        for start in range(0, count, batch_size):
-            chunk = files[start : start + batch_size]
-            items = list(
-                pool.map(
-                    lambda path: _prepare_file(
-                        source, path, model.input_size, resolution if keep else None, max_pixels
-                    ),
-                    chunk,
-                )
-            )
-            good = [i for i, item in enumerate(items) if item.error is None]
-            for item in items:
-                if item.error is not None:
-                    problems[item.path] = item.error
-            if good:
-                batch = torch.stack([items[i].surrogate_input for i in good])  # type: ignore[misc]
-                embedded = model.embed(batch.to(model.device)).cpu().numpy()
-                rows = np.asarray(good, dtype=np.int64) + start
-                features[rows] = embedded
-                if kept is not None:
-                    for i in good:
-                        kept[start + i] = items[i].training  # type: ignore[assignment]
-            done += len(chunk)
-            report("features", done, count)
-    return features, kept, problems
-
-
-def _decode_errors(source: Path, files: list[str], max_pixels: int) -> dict[str, str]:
-    """The decode error of each file (files the feature cache marks as undecodable)."""
-    problems: dict[str, str] = {}
-    for path in files:
-        item = _prepare_file(source, path, 0, None, max_pixels)
-        problems[path] = item.error or "could not be decoded in an earlier run"
-    return problems
-
-
-def _load_prepared(source: Path, files: list[str], resolution: int, max_pixels: int) -> Tensor:
-    """uint8 ``(M, 3, R, R)``: the images again, prepared exactly as in the feature pass."""
-    out = torch.zeros(len(files), 3, resolution, resolution, dtype=torch.uint8)
-    with ThreadPoolExecutor(DECODE_THREADS) as pool:
-        items = pool.map(lambda path: _prepare_file(source, path, 0, resolution, max_pixels), files)
-        for index, item in enumerate(items):
-            if item.training is None:
-                raise ProtectUsageError(
-                    f"{item.path} changed while protecting: {item.error or 'unreadable'}"
-                )
-            out[index] = item.training
-    return out
-
-
-# --------------------------------------------------------------------------------------------
-# The saved state (clusters and perturbations) and resume checks
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _State:
-    assignments: np.ndarray
-    centers: np.ndarray
-    deltas: np.ndarray | None
-
-
-def _config_json(config: UCConfig) -> dict[str, Any]:
-    return asdict(config)
-
-
-def _config_text(config: UCConfig | None) -> str:
-    return "" if config is None else json.dumps(_config_json(config), sort_keys=True)
-
-
-def _assignments_digest(files: Sequence[str], assignments: np.ndarray) -> str:
-    digest = hashlib.sha256()
-    for path, cluster in zip(files, assignments.tolist(), strict=True):
-        digest.update(f"{path}\x00{int(cluster)}\n".encode())
-    return digest.hexdigest()
-
-
-def _save_state(
-    path: Path,
-    file_ids: list[str],
-    surrogate_id: str,
-    key: SecretKey,
-    result: ClusterResult,
-    config: UCConfig | None,
-    deltas: np.ndarray | None,
-) -> None:
-    buffer = io.BytesIO()
-    np.savez(
-        buffer,
-        version=np.array(STATE_VERSION, dtype=np.int64),
-        ids_sha256=np.array(file_ids_digest(file_ids)),
-        surrogate=np.array(surrogate_id),
-        key_fingerprint=np.array(key.fingerprint),
-        k=np.array(result.k, dtype=np.int64),
-        assignments=result.assignments.astype(np.int64),
-        centers=result.centers.astype(np.float32),
-        uc_config=np.array(_config_text(config)),
-        deltas=(np.zeros((0,), dtype=np.float32) if deltas is None else deltas.astype(np.float32)),
-    )
-    atomic_write_bytes(path, buffer.getvalue())
-
-
-def _load_state(
-    path: Path,
-    file_ids: list[str],
-    surrogate_id: str,
-    key: SecretKey,
-    k: int,
-    config: UCConfig | None,
-) -> _State | None:
-    """The saved clusters (and perturbations when the UC settings match), or None."""
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            if (
-                int(data["version"]) != STATE_VERSION
-                or str(data["ids_sha256"]) != file_ids_digest(file_ids)
-                or str(data["surrogate"]) != surrogate_id
-                or str(data["key_fingerprint"]) != key.fingerprint
-                or int(data["k"]) != k
-            ):
-                return None
-            assignments = np.asarray(data["assignments"], dtype=np.int64)
-            centers = np.asarray(data["centers"], dtype=np.float32)
-            deltas = np.asarray(data["deltas"], dtype=np.float32)
-            same_config = str(data["uc_config"]) == _config_text(config)
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-        return None
-    if (
-        assignments.shape != (len(file_ids),)
-        or centers.ndim != 2
-        or centers.shape[0] != k
-        or (assignments.size and (assignments.min() < 0 or assignments.max() >= k))
-    ):
-        return None
-    usable = config is not None and same_config and deltas.ndim == 4 and deltas.shape[0] == k
-    return _State(assignments, centers, deltas if usable else None)
-
-
-def _earlier_clustering(output_dir: Path, key: SecretKey) -> dict[str, Any] | None:
-    """The ``clustering`` entry of the manifest a resumed run continues (after a key check)."""
-    manifest_path = output_dir / MANIFEST_NAME
-    if not manifest_path.is_file():
-        return None
-    try:
-        earlier = read_manifest(manifest_path)
-    except ManifestError as exc:
-        raise ProtectUsageError(f"--resume: {exc}") from None
-    if earlier.key_fingerprint != key.fingerprint:
-        raise ProtectUsageError(
-            "--resume: the output folder was made with a different key; use the same key, or "
-            "another output folder"
-        )
-    info = earlier.extra.get("clustering")
-    if not isinstance(info, dict):
-        raise ProtectUsageError(
-            "--resume: the output folder was not made with clusters (--method uc or "
-            "--labels clusters); use the same options, or another output folder"
-        )
-    return info
-
-
-def _check_same_request(
-    earlier: dict[str, Any], model: Surrogate, k: int, config: UCConfig | None
-) -> None:
-    """Fail before any expensive work when a resume asks for other clusters or UC settings."""
-    if earlier.get("surrogate_id") != model.cache_id or earlier.get("k") != k:
-        raise ProtectUsageError(
-            f"--resume: the output folder was made with surrogate {earlier.get('surrogate')!r} "
-            f"and {earlier.get('k')} clusters; use the same ones, or another output folder"
-        )
-    earlier_uc = earlier.get("uc")
-    earlier_config = earlier_uc.get("config") if isinstance(earlier_uc, dict) else None
-    wanted = None if config is None else _config_json(config)
-    if earlier_config != wanted:
-        raise ProtectUsageError(
-            "--resume: the output folder was made with other settings (method, eps or UC "
-            "steps); use the same ones, or another output folder"
-        )
