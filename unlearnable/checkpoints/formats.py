@@ -15,7 +15,6 @@ caller trusts the file, and even then reads them with ``torch.load(weights_only=
 
 from __future__ import annotations
 
-import hashlib
 import json
 import zipfile
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ModelFileError
+from ..io.hashing import sha256_file
 from .spec import SCHEMA_NAME
 
 FORMAT_UNLEARNABLE = "unlearnable"
@@ -69,15 +69,6 @@ def short_error(exc: BaseException, limit: int = 300) -> str:
     else:
         reason = lines[-1] if lines else type(exc).__name__
     return reason if len(reason) <= limit else reason[: limit - 3] + "..."
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def pickle_refusal(path: Path, flag: str = "trust_pickle=True (--trust-pickle)") -> str:
