@@ -93,11 +93,34 @@ _LAZY.update(
     }
 )
 
+# model side: backdoors (EBYD)
+_LAZY.update(
+    {
+        "scan_model": ".defenses.ebyd",
+        "purify_model": ".defenses.ebyd",
+        "save_purified": ".defenses.ebyd",
+        "ScanConfig": ".defenses.ebyd",
+        "PurifyConfig": ".defenses.ebyd",
+        "ScanResult": ".defenses.ebyd",
+        "PurifyResult": ".defenses.ebyd",
+        "ExposureConfig": ".defenses.exposure",
+        "expose": ".defenses.exposure",
+        "DetectionConfig": ".defenses.detection",
+        "make_backdoor": ".attacks.backdoor",
+        "backdoor_from_spec": ".attacks.backdoor",
+        "PoisonConfig": ".attacks.backdoor",
+        "poison_training_set": ".attacks.backdoor",
+        "attack_success_rate": ".attacks.backdoor",
+    }
+)
+
 __all__ = [  # literal, so tools can read it; tests check it matches _LAZY
     "ClusterCudaConfig",
     "ClusterProtector",
     "CudaConfig",
     "CudaProtector",
+    "DetectionConfig",
+    "ExposureConfig",
     "FolderClusters",
     "InputError",
     "IntegrityError",
@@ -106,9 +129,14 @@ __all__ = [  # literal, so tools can read it; tests check it matches _LAZY
     "ModelSpec",
     "OutputOptions",
     "PartialFailure",
+    "PoisonConfig",
     "ProtectRun",
     "ProtectUsageError",
+    "PurifyConfig",
+    "PurifyResult",
     "RunOptions",
+    "ScanConfig",
+    "ScanResult",
     "SecretKey",
     "Surrogate",
     "SurrogateError",
@@ -124,18 +152,26 @@ __all__ = [  # literal, so tools can read it; tests check it matches _LAZY
     "__version__",
     "apply_cluster_perturbations",
     "apply_cuda",
+    "attack_success_rate",
+    "backdoor_from_spec",
     "build_victim",
     "cluster_folder",
     "cuda_filters",
     "cuda_params",
+    "expose",
     "load_key_file",
     "load_model",
     "load_surrogate",
+    "make_backdoor",
+    "poison_training_set",
     "protect_directory",
+    "purify_model",
     "read_state_dict",
     "register_method",
     "run_verification",
     "save_model",
+    "save_purified",
+    "scan_model",
     "surrogate_from_module",
     "verify_folders",
     "write_key_file",
@@ -156,7 +192,25 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+    from .attacks.backdoor import (
+        PoisonConfig,
+        attack_success_rate,
+        backdoor_from_spec,
+        make_backdoor,
+        poison_training_set,
+    )
     from .checkpoints import LoadedModel, ModelSpec, load_model, read_state_dict, save_model
+    from .defenses.detection import DetectionConfig
+    from .defenses.ebyd import (
+        PurifyConfig,
+        PurifyResult,
+        ScanConfig,
+        ScanResult,
+        purify_model,
+        save_purified,
+        scan_model,
+    )
+    from .defenses.exposure import ExposureConfig, expose
     from .keys import SecretKey, load_key_file, write_key_file
     from .models import build_victim
     from .protect import (

@@ -1,0 +1,394 @@
+"""``unlearnable scan`` (is this model backdoored?) and ``unlearnable purify`` (remove it): EBYD."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..errors import EXIT_FLAGGED
+from .common import (
+    device_option,
+    json_option,
+    note,
+    out_console,
+    output_option,
+    print_json,
+    progress_bars,
+    quiet_option,
+    summary_table,
+)
+from .model_options import load_model_file, model_file_options
+
+EXPOSURES = ("cul", "random-label")  # = unlearnable.defenses.exposure.EXPOSURES (tested)
+SCORES = ("max-share", "variance")  # = unlearnable.defenses.detection.SCORES (tested)
+
+
+def exposure_options(function):
+    """Options shared by scan and purify: model, clean data, exposure, split, device, output."""
+    options = [
+        click.argument("model_path", metavar="MODEL", type=click.Path(exists=True, path_type=Path)),
+        model_file_options,
+        click.option(
+            "--clean",
+            "clean_dir",
+            required=True,
+            type=click.Path(exists=True, file_okay=False, path_type=Path),
+            help="Clean labelled images, one folder per class named as the model's classes.",
+        ),
+        click.option(
+            "--exposure",
+            type=click.Choice(EXPOSURES),
+            default="cul",
+            show_default=True,
+            help="cul: clean unlearning (gradient ascent); random-label: fine-tuning "
+            "with random labels.",
+        ),
+        click.option(
+            "--lr",
+            type=click.FloatRange(0, min_open=True),
+            default=None,
+            help="Exposure learning rate (default: cul 0.01 SGD, random-label 1e-4 Adam).",
+        ),
+        click.option("--max-epochs", type=click.IntRange(1), default=20, show_default=True),
+        click.option(
+            "--stop-accuracy",
+            type=click.FloatRange(0, 1),
+            default=None,
+            help="Stop exposing once defense-set accuracy is at or below this (default: "
+            "0.20 for 10 balanced classes; m + (1 - m)/9 with m the largest class share).",
+        ),
+        click.option(
+            "--fixed-epochs",
+            is_flag=True,
+            help="Run all --max-epochs without the accuracy stop (EBYD's fixed-length variant).",
+        ),
+        click.option(
+            "--defense-images",
+            type=click.IntRange(2),
+            default=500,
+            show_default=True,
+            help="Clean images used to expose (and learn masks); the rest is held out.",
+        ),
+        click.option("--seed", type=int, default=0, show_default=True),
+        device_option(),
+        quiet_option,
+        json_option,
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def _exposure_config(exposure, lr, max_epochs, stop_accuracy, fixed_epochs, seed):
+    from ..defenses.exposure import ExposureConfig
+
+    changes = {
+        "max_epochs": max_epochs,
+        "stop_accuracy": stop_accuracy,
+        "early_stop": not fixed_epochs,
+        "seed": seed,
+    }
+    if lr is not None:
+        changes["lr"] = lr
+    return ExposureConfig.for_method(exposure, **changes)
+
+
+def _load(model_path, model_file, device, clean_dir, bars):
+    from ..defenses.ebyd_data import load_clean_folder
+
+    model = load_model_file(model_path, model_file, device)
+    clean = load_clean_folder(
+        clean_dir, model.spec.classes, model.spec.input_size, bars.counter("loading")
+    )
+    return model, clean
+
+
+def _model_info(model) -> dict:
+    return {
+        "source": str(model.source),
+        "format": model.source_format,
+        "sha256": model.sha256,
+        "arch": model.spec.arch,
+        "classes": list(model.spec.classes),
+        "input_size": model.spec.input_size,
+    }
+
+
+def _on_epoch(bars):
+    def update(stage, epoch, total, row) -> None:
+        acc = row.get("clean_acc")
+        bars.update(
+            stage,
+            epoch,
+            total,
+            description=(
+                f"{stage} epoch {epoch}/{total}" + ("" if acc is None else f" clean acc {acc:.2f}")
+            ),
+        )
+
+    return update if bars.active else None
+
+
+@click.command("scan")
+@exposure_options
+@click.option(
+    "--score",
+    type=click.Choice(SCORES),
+    default="max-share",
+    show_default=True,
+    help="Detection score of the exposed model's clean-prediction histogram.",
+)
+@click.option(
+    "--threshold",
+    type=click.FloatRange(0),
+    default=None,
+    help="Flag when the score is at or above this (default: max-share 0.6, variance 0.01).",
+)
+@click.option(
+    "--dominance",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=0.5,
+    show_default=True,
+    help="Share of clean predictions the target class must reach.",
+)
+@output_option("Run folder for the report (default: a new folder in ./unlearnable-runs).")
+def scan(
+    model_path,
+    model_file,
+    clean_dir,
+    exposure,
+    lr,
+    max_epochs,
+    stop_accuracy,
+    fixed_epochs,
+    defense_images,
+    seed,
+    device,
+    quiet,
+    as_json,
+    score,
+    threshold,
+    dominance,
+    output,
+) -> None:
+    """Is MODEL backdoored? Expose it with clean unlearning, then read where clean images go.
+
+    Exit code 0: clean; 3: flagged as backdoored (the report names the target class).
+    MODEL may be our format, a state dict (--arch), a TorchScript or a torch.export archive
+    (with --classes and --input-size).
+    """
+    from datetime import datetime, timezone
+
+    from ..defenses.detection import DetectionConfig
+    from ..defenses.ebyd import ScanConfig, scan_model
+    from ..defenses.ebyd_report import write_scan_folder
+    from ..verify_run import fresh_folder
+
+    config = ScanConfig(
+        exposure=_exposure_config(exposure, lr, max_epochs, stop_accuracy, fixed_epochs, seed),
+        detection=DetectionConfig(score=score, threshold=threshold, dominance=dominance),
+        defense_images=defense_images,
+        seed=seed,
+    )
+    if output is None:
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+        output = fresh_folder(Path("unlearnable-runs") / f"scan-{stamp}")
+    with progress_bars(quiet or as_json, {"loading": "loading images"}) as bars:
+        model, clean = _load(model_path, model_file, device, clean_dir, bars)
+        result = scan_model(model, clean, config, progress=_on_epoch(bars))
+    write_scan_folder(result, output, _model_info(model))
+    det = result.detection
+    if as_json:
+        report = result.to_report()
+        print_json(
+            {
+                **{k: v for k, v in report.items() if k != "epochs"},
+                "report": str(output / "report.md"),
+            }
+        )
+    elif not quiet:
+        exp = result.exposure
+        out_console.print(
+            summary_table(
+                f"verdict: {det.verdict}",
+                [
+                    ("score", f"{det.score_name} {det.score:.3f} (flag at >= {det.threshold:g})"),
+                    ("target class", result.target_name or "-"),
+                    (
+                        "exposure",
+                        f"{exp.config.method}, {exp.epochs} epochs, clean acc "
+                        f"{exp.rows[0]['clean_acc']:.2f} -> {exp.final['clean_acc']:.2f}",
+                    ),
+                    ("report", str(output / "report.md")),
+                ],
+            )
+        )
+        for text in result.notes:
+            note(text)
+    if det.flagged:
+        raise click.exceptions.Exit(EXIT_FLAGGED)
+
+
+@click.command("purify")
+@exposure_options
+@click.option(
+    "--rule",
+    type=click.Choice(("max-drop", "fixed")),
+    default="max-drop",
+    show_default=True,
+    help="How the pruning threshold is chosen (never from the trigger): the largest "
+    "with a defense-accuracy drop <= --max-drop, or --prune-threshold.",
+)
+@click.option("--max-drop", type=click.FloatRange(0, 1), default=0.05, show_default=True)
+@click.option(
+    "--prune-threshold",
+    type=click.FloatRange(0, 1),
+    default=0.2,
+    show_default=True,
+    help="Mask threshold for --rule fixed.",
+)
+@click.option("--mask-epochs", type=click.IntRange(1), default=20, show_default=True)
+@click.option(
+    "--trigger",
+    default=None,
+    metavar="SPEC|FILE",
+    help="A known trigger to measure ASR before/after: trigger.json from `backdoor "
+    "train`, or NAME[:KEY=VALUE,...]. Never used to choose the pruning.",
+)
+@click.option(
+    "--target",
+    default=None,
+    help="Target class of --trigger (name or index; default: from trigger.json).",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Folder for the purified model (model.json + model.safetensors) and the report.",
+)
+def purify(
+    model_path,
+    model_file,
+    clean_dir,
+    exposure,
+    lr,
+    max_epochs,
+    stop_accuracy,
+    fixed_epochs,
+    defense_images,
+    seed,
+    device,
+    quiet,
+    as_json,
+    rule,
+    max_drop,
+    prune_threshold,
+    mask_epochs,
+    trigger,
+    target,
+    output,
+) -> None:
+    """Remove a backdoor from MODEL: expose it, learn batch-norm channel masks on the exposed
+    model, and prune the lowest channels of the original (RNP).
+
+    MODEL needs batch-norm layers that can be edited: our format or a state dict with --arch
+    (TorchScript and torch.export archives are refused; `scan` reads them).
+    """
+    from ..defenses.ebyd import PurifyConfig, purify_model, save_purified
+    from ..defenses.ebyd_data import load_clean_folder
+    from ..defenses.ebyd_report import write_purify_folder
+    from ..defenses.removal import MaskConfig, PruneConfig, require_batch_norm
+
+    config = PurifyConfig(
+        exposure=_exposure_config(exposure, lr, max_epochs, stop_accuracy, fixed_epochs, seed),
+        masks=MaskConfig(epochs=mask_epochs, seed=seed),
+        prune=PruneConfig(rule=rule, max_drop=max_drop, threshold=prune_threshold),
+        defense_images=defense_images,
+        seed=seed,
+    )
+    with progress_bars(quiet or as_json, {"loading": "loading images"}) as bars:
+        model = load_model_file(model_path, model_file, device)
+        require_batch_norm(model, f"{model_path} ({model.source_format})")
+        clean = load_clean_folder(
+            clean_dir, model.spec.classes, model.spec.input_size, bars.counter("loading")
+        )
+        spec, target_index = _trigger_spec(trigger, target, model.spec.classes)
+        result = purify_model(
+            model, clean, config, trigger=spec, target=target_index, progress=_on_epoch(bars)
+        )
+    save_purified(result, output)
+    write_purify_folder(result, output, _model_info(model))
+    if as_json:
+        report = result.to_report()
+        print_json(
+            {
+                **{
+                    k: v
+                    for k, v in report.items()
+                    if k not in ("epochs", "mask_epochs", "channels")
+                },
+                "output": str(output),
+            }
+        )
+        return
+    if not quiet:
+        rows = [
+            ("threshold", f"{result.choice.threshold:g} ({rule})"),
+            ("pruned channels", str(len(result.choice.channels))),
+            (
+                "clean accuracy",
+                f"{_pct(result.clean_acc_before)} -> {_pct(result.clean_acc_after)} (held out)",
+            ),
+        ]
+        if result.trigger is not None:
+            rows.append(
+                ("attack success", f"{_pct(result.asr_before)} -> {_pct(result.asr_after)}")
+            )
+        rows.append(("purified model", str(output)))
+        out_console.print(summary_table("purified", rows))
+        for text in result.notes:
+            note(text)
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _trigger_spec(trigger, target, classes):
+    """(trigger spec or None, target index or None) from the options."""
+    if trigger is None:
+        if target is not None:
+            raise click.UsageError("--target needs --trigger")
+        return None, None
+    from ..attacks.backdoor import backdoor_from_spec
+
+    spec = trigger
+    path = Path(trigger)
+    if path.is_file():
+        import json
+
+        spec = json.loads(path.read_text(encoding="utf-8"))
+    index = None
+    if target is not None:
+        if target in classes:
+            index = list(classes).index(target)
+        elif target.isdigit() and int(target) < len(classes):
+            index = int(target)
+        else:
+            raise click.BadParameter(
+                f"{target!r} is not a class of the model", param_hint="--target"
+            )
+    elif isinstance(spec, dict):
+        if spec.get("target_name") in classes:
+            index = list(classes).index(spec["target_name"])
+        elif "target" in spec:
+            index = int(spec["target"])
+    if index is None:
+        raise click.UsageError("give --target with --trigger (the trigger names no target)")
+    backdoor_from_spec(spec)  # a bad spec is a usage error before any work
+    return spec, index
+
+
+COMMANDS = (scan, purify)

@@ -1,0 +1,447 @@
+"""Expose Before You Defend (EBYD, Li et al., arXiv 2410.19427) as two library calls.
+
+* :func:`scan_model`: expose a copy of the model with clean unlearning
+  (:mod:`.exposure`), then read the exposed model's clean-prediction histogram: target label and
+  backdoored / clean verdict (:mod:`.detection`).
+* :func:`purify_model`: expose, learn batch-norm masks on the exposed model, prune the lowest
+  channels of the **original** model with a threshold chosen from clean accuracy only
+  (:mod:`.removal`, RNP); report clean accuracy before/after on held-out clean images and, for a
+  known trigger, the attack success rate.
+
+The clean data is split once (seeded, class-balanced): ``defense_images`` (default 500, the
+EBYD/RNP budget) drive unlearning, masks and the pruning choice; the rest is held out for the
+histogram and the reported accuracies. :mod:`.ebyd_report` writes the run folders.
+
+Example::
+
+    from unlearnable.defenses.ebyd import scan_model, purify_model
+    result = scan_model("suspect-model/", "clean-images/")
+    print(result.detection.verdict, result.target_name)
+    purified = purify_model("suspect-model/", "clean-images/")
+    save_purified(purified, "purified-model/")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import UsageError
+from ..training.classification import evaluate
+from .detection import Detection, DetectionConfig, detect
+from .ebyd_data import CleanSet, load_clean_folder, split_defense
+from .exposure import ExposureConfig, ExposureResult, expose
+from .removal import (
+    MaskConfig,
+    MaskResult,
+    PruneChoice,
+    PruneConfig,
+    choose_pruning,
+    learn_masks,
+    require_batch_norm,
+)
+
+REPORT_VERSION = 1
+
+#: ``progress(stage, epoch, epochs, row)``: stage ``"expose"`` or ``"masks"``.
+StageProgress = Callable[[str, int, int, dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class ScanConfig:
+    """``exposure`` and ``detection`` settings, the defense-set size and the split seed."""
+
+    exposure: ExposureConfig = field(default_factory=ExposureConfig)
+    detection: DetectionConfig = field(default_factory=DetectionConfig)
+    defense_images: int = 500
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.defense_images < 2:
+            raise UsageError(f"defense_images must be >= 2, got {self.defense_images}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "exposure": self.exposure.to_dict(),
+            "detection": self.detection.to_dict(),
+            "defense_images": self.defense_images,
+            "seed": self.seed,
+        }
+
+
+@dataclass(frozen=True)
+class PurifyConfig:
+    """``exposure``, ``masks`` and ``prune`` settings, the defense-set size and the split seed."""
+
+    exposure: ExposureConfig = field(default_factory=ExposureConfig)
+    masks: MaskConfig = field(default_factory=MaskConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    defense_images: int = 500
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.defense_images < 2:
+            raise UsageError(f"defense_images must be >= 2, got {self.defense_images}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "exposure": self.exposure.to_dict(),
+            "masks": self.masks.to_dict(),
+            "prune": self.prune.to_dict(),
+            "defense_images": self.defense_images,
+            "seed": self.seed,
+        }
+
+
+@dataclass
+class Subject:
+    """The model under test, its class names and the clean data split."""
+
+    model: nn.Module
+    classes: tuple[str, ...]
+    defense: CleanSet
+    holdout: CleanSet
+    source: str | None
+
+
+def _model_and_data(
+    model: Any,
+    clean: Any,
+    defense_images: int,
+    seed: int,
+    device: str | None,
+    load_progress: Callable[[int, int], None] | None,
+) -> Subject:
+    from ..checkpoints import LoadedModel, load_model
+
+    source = None
+    if isinstance(model, (str, Path)):
+        source = str(model)
+        model = load_model(model, device=device or "cpu")
+    elif device is not None:
+        model = model.to(device)
+    if isinstance(clean, (str, Path)):
+        if not isinstance(model, LoadedModel):
+            raise UsageError("give the clean data as a CleanSet for a model without a spec")
+        clean = load_clean_folder(clean, model.spec.classes, model.spec.input_size, load_progress)
+    if not isinstance(clean, CleanSet):
+        raise UsageError("clean data must be a folder or a CleanSet")
+    if isinstance(model, LoadedModel):
+        if tuple(model.spec.classes) != tuple(clean.classes):
+            raise UsageError(
+                "the CleanSet's classes are not the model's classes (by name, in output order)"
+            )
+        source = source or str(model.source)
+    defense_idx, holdout_idx = split_defense(clean.labels, defense_images, seed)
+    return Subject(
+        model, tuple(clean.classes), clean.subset(defense_idx), clean.subset(holdout_idx), source
+    )
+
+
+def _stage(progress: StageProgress | None, stage: str):
+    if progress is None:
+        return None
+    return lambda epoch, epochs, row: progress(stage, epoch, epochs, row)
+
+
+@dataclass
+class ScanResult:
+    """What :func:`scan_model` found: the :class:`Detection`, the exposure run and the facts
+    of the data. ``to_report()`` is the ``report.json`` body."""
+
+    detection: Detection
+    exposure: ExposureResult
+    classes: tuple[str, ...]
+    defense_size: int
+    holdout_size: int
+    config: ScanConfig
+    source: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def flagged(self) -> bool:
+        return self.detection.flagged
+
+    @property
+    def target_name(self) -> str | None:
+        t = self.detection.target
+        return None if t is None else self.classes[t]
+
+    def to_report(self) -> dict[str, Any]:
+        first, final = self.exposure.rows[0], self.exposure.final
+        return {
+            "model": self.source,
+            "verdict": self.detection.verdict,
+            "flagged": self.flagged,
+            "target": self.detection.target,
+            "target_name": self.target_name,
+            "score": self.detection.score,
+            "score_name": self.detection.score_name,
+            "threshold": self.detection.threshold,
+            "detection": self.detection.to_dict(),
+            "classes": list(self.classes),
+            "data": {"defense_images": self.defense_size, "holdout_images": self.holdout_size},
+            "exposure": {
+                "method": self.exposure.config.method,
+                "epochs": self.exposure.epochs,
+                "stopped_early": self.exposure.stopped_early,
+                "stop_reason": self.exposure.stop_reason,
+                "clean_acc_before": first["clean_acc"],
+                "clean_acc_after": final["clean_acc"],
+                "holdout_acc_before": first["holdout_acc"],
+                "holdout_acc_after": final["holdout_acc"],
+            },
+            "epochs": self.exposure.rows,
+            "notes": list(self.notes),
+        }
+
+
+def _exposure_notes(result: ExposureResult) -> list[str]:
+    notes = []
+    threshold = result.stop_threshold
+    if threshold is not None and not result.stopped_early:
+        notes.append(
+            f"defense-set accuracy never fell to {threshold:.3g} within {result.config.max_epochs} "
+            f"epochs (last: {result.final['clean_acc']:.3f}); raise the learning rate or the "
+            "epochs, the verdict reads an incompletely exposed model"
+        )
+    if result.rows[0]["clean_acc"] <= (threshold or 0):
+        notes.append(
+            "the model's clean accuracy on the defense set is already at or below the "
+            "stop threshold before exposure: check the class names and the data"
+        )
+    return notes
+
+
+def scan_model(
+    model: Any,
+    clean: Any,
+    config: ScanConfig | None = None,
+    *,
+    device: str | None = None,
+    progress: StageProgress | None = None,
+    load_progress: Callable[[int, int], None] | None = None,
+) -> ScanResult:
+    """Expose a copy of ``model`` and detect a backdoor from its clean-prediction histogram.
+
+    ``model``: a :class:`~unlearnable.checkpoints.LoadedModel` (any format
+    :func:`~unlearnable.checkpoints.load_model` reads, TorchScript and ``torch.export``
+    included), a path to our model format, or a classifier ``nn.Module`` (then ``clean`` must be
+    a :class:`CleanSet`). ``clean``: a folder ``<class name>/<images>`` matched to the model's
+    classes by name, or a :class:`CleanSet`. The model itself is not changed.
+    """
+    config = config or ScanConfig()
+    subject = _model_and_data(
+        model, clean, config.defense_images, config.seed, device, load_progress
+    )
+    exposure = expose(
+        subject.model,
+        subject.defense.images,
+        subject.defense.labels,
+        len(subject.classes),
+        config.exposure,
+        subject.holdout.images,
+        subject.holdout.labels,
+        progress=_stage(progress, "expose"),
+    )
+    detection = detect(exposure.final["histogram"], config.detection)
+    notes = _exposure_notes(exposure)
+    if subject.defense.missing:
+        notes.append(
+            f"no clean images of {len(subject.defense.missing)} model class(es): "
+            f"{', '.join(subject.defense.missing[:8])}"
+        )
+    if len(subject.holdout) == 0:
+        notes.append("no held-out clean images: the histogram is read on the defense set")
+    return ScanResult(
+        detection,
+        exposure,
+        subject.classes,
+        len(subject.defense),
+        len(subject.holdout),
+        config,
+        subject.source,
+        notes,
+    )
+
+
+@dataclass
+class PurifyResult:
+    """What :func:`purify_model` did. ``model`` is the pruned copy of the original (same
+    class as the input, e.g. a :class:`~unlearnable.checkpoints.LoadedModel`)."""
+
+    model: nn.Module
+    choice: PruneChoice
+    masks: MaskResult
+    exposure: ExposureResult
+    classes: tuple[str, ...]
+    clean_acc_before: float | None
+    clean_acc_after: float | None
+    asr_before: float | None
+    asr_after: float | None
+    trigger: dict[str, Any] | None
+    config: PurifyConfig
+    source: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_report(self) -> dict[str, Any]:
+        return {
+            "model": self.source,
+            "threshold": self.choice.threshold,
+            "pruned_channels": len(self.choice.channels),
+            "channels": [{"layer": n, "channel": c} for n, c in self.choice.channels],
+            "total_channels": sum(v.numel() for v in self.masks.masks.values()),
+            "rule": self.config.prune.rule,
+            "defense_acc_before": self.choice.reference_acc,
+            "clean_acc_before": self.clean_acc_before,
+            "clean_acc_after": self.clean_acc_after,
+            "trigger": self.trigger,
+            "asr_before": self.asr_before,
+            "asr_after": self.asr_after,
+            "classes": list(self.classes),
+            "exposure": {
+                "method": self.exposure.config.method,
+                "epochs": self.exposure.epochs,
+                "stopped_early": self.exposure.stopped_early,
+                "stop_reason": self.exposure.stop_reason,
+            },
+            "sweep": self.choice.sweep,
+            "epochs": self.exposure.rows,
+            "mask_epochs": self.masks.rows,
+            "notes": list(self.notes),
+        }
+
+
+def purify_model(
+    model: Any,
+    clean: Any,
+    config: PurifyConfig | None = None,
+    *,
+    trigger: Any = None,
+    target: int | None = None,
+    device: str | None = None,
+    progress: StageProgress | None = None,
+    load_progress: Callable[[int, int], None] | None = None,
+) -> PurifyResult:
+    """Remove a backdoor: expose, learn BN masks on the exposed model, prune the original.
+
+    ``model``/``clean`` as for :func:`scan_model`, but the model must have batch-norm layers
+    it can mask (our format or a state dict for a registered architecture; TorchScript and
+    ``torch.export`` archives are refused with a ``UsageError``). ``trigger`` (a
+    :class:`~unlearnable.attacks.backdoor.BackdoorTrigger` or a spec for
+    :func:`~unlearnable.attacks.backdoor.backdoor_from_spec`) and ``target`` (class index; taken
+    from a spec that has one) add ASR before and after, on the held-out non-target images; they
+    never influence the pruning. The input model is not changed.
+    """
+    from ..attacks.backdoor import BackdoorTrigger, attack_success_rate, backdoor_from_spec
+
+    config = config or PurifyConfig()
+    subject = _model_and_data(
+        model, clean, config.defense_images, config.seed, device, load_progress
+    )
+    require_batch_norm(subject.model)
+    trig = None
+    if trigger is not None:
+        if target is None and isinstance(trigger, dict) and "target" in trigger:
+            target = int(trigger["target"])
+        trig = trigger if isinstance(trigger, BackdoorTrigger) else backdoor_from_spec(trigger)
+        if target is None:
+            raise UsageError("ASR needs the backdoor's target class with the trigger")
+        if not 0 <= target < len(subject.classes):
+            raise UsageError(f"target {target} is not a class index of the model")
+    exposure = expose(
+        subject.model,
+        subject.defense.images,
+        subject.defense.labels,
+        len(subject.classes),
+        config.exposure,
+        subject.holdout.images,
+        subject.holdout.labels,
+        progress=_stage(progress, "expose"),
+    )
+    masks = learn_masks(
+        exposure.model,
+        subject.defense.images,
+        subject.defense.labels,
+        config.masks,
+        progress=_stage(progress, "masks"),
+    )
+    hold = subject.holdout if len(subject.holdout) else subject.defense
+
+    def extra(pruned: nn.Module) -> dict[str, Any]:
+        row: dict[str, Any] = {"holdout_acc": evaluate(pruned, hold.images, hold.labels)}
+        if trig is not None:
+            row["asr"] = attack_success_rate(pruned, hold.images, hold.labels, trig, target)
+        return row
+
+    choice = choose_pruning(
+        subject.model,
+        masks.masks,
+        subject.defense.images,
+        subject.defense.labels,
+        config.prune,
+        extra=extra,
+    )
+    before = extra(subject.model)
+    after = extra(choice.model)
+    notes = _exposure_notes(exposure)
+    if len(subject.holdout) == 0:
+        notes.append("no held-out clean images: accuracies are measured on the defense set")
+    if not choice.channels:
+        notes.append("no channel was pruned at the chosen threshold: the model is unchanged")
+    return PurifyResult(
+        choice.model,
+        choice,
+        masks,
+        exposure,
+        subject.classes,
+        before["holdout_acc"],
+        after["holdout_acc"],
+        before.get("asr"),
+        after.get("asr"),
+        None if trig is None else {**trig.describe(), "target": target},
+        config,
+        subject.source,
+        notes,
+    )
+
+
+def save_purified(result: PurifyResult, path: str | Path) -> Path:
+    """Save the purified model in our format (``model.safetensors`` + ``model.json``), with
+    the pruning recorded in the spec's metadata. Returns the ``model.json`` path."""
+    from ..checkpoints import LoadedModel, save_model
+
+    model = result.model
+    if not isinstance(model, LoadedModel) or model.spec.arch is None:
+        raise UsageError("only a LoadedModel with a registered architecture can be saved")
+    metadata = dict(model.spec.metadata)
+    metadata["purified"] = {
+        "method": "ebyd-rnp",
+        "from": result.source,
+        "from_sha256": model.sha256,
+        "threshold": result.choice.threshold,
+        "pruned_channels": len(result.choice.channels),
+        "clean_acc_before": result.clean_acc_before,
+        "clean_acc_after": result.clean_acc_after,
+    }
+    spec = dataclasses.replace(model.spec, metadata=metadata)
+    with torch.no_grad():
+        return save_model(model.module, path, spec)
+
+
+__all__ = [
+    "REPORT_VERSION",
+    "PurifyConfig",
+    "PurifyResult",
+    "ScanConfig",
+    "ScanResult",
+    "purify_model",
+    "save_purified",
+    "scan_model",
+]

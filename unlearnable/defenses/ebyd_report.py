@@ -1,0 +1,205 @@
+"""Run folders of ``scan`` and ``purify`` (the layout of :mod:`unlearnable.run_folder`).
+
+scan: ``config.json``, ``report.json`` (schema ``unlearnable.scan-report``, version
+:data:`~unlearnable.defenses.ebyd.REPORT_VERSION`), ``epochs.csv`` (one row per exposure epoch,
+epoch 0 = before; ``share_<class>`` columns hold the histogram), ``histogram.png`` (every
+class's share per epoch, with the flag threshold), ``accuracy.png`` and ``report.md``.
+
+purify adds ``masks.csv`` (mask learning per epoch), ``sweep.csv`` (every pruning threshold:
+channels pruned, defense and held-out accuracy, ASR with a trigger), ``sweep.png`` and
+``masks.png`` (all mask values, sorted).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..plots import Series, line_plot
+from ..run_folder import RunFolder
+from .ebyd import REPORT_VERSION, PurifyResult, ScanResult
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def epoch_rows(rows: Sequence[Mapping[str, Any]], classes: Sequence[str]) -> list[dict]:
+    """Exposure rows with the histogram spread into ``share_<class>`` columns."""
+    out = []
+    for row in rows:
+        flat = {k: v for k, v in row.items() if k != "histogram"}
+        for name, share in zip(classes, row.get("histogram") or [], strict=False):
+            flat[f"share_{name}"] = share
+        out.append(flat)
+    return out
+
+
+def histogram_png(
+    rows: Sequence[Mapping[str, Any]], classes: Sequence[str], threshold: float | None
+) -> bytes:
+    epochs = [float(r["epoch"]) for r in rows]
+    series = [
+        Series(name, epochs, [float(r["histogram"][k]) for r in rows])
+        for k, name in enumerate(classes)
+    ]
+    return line_plot(
+        series,
+        "clean-prediction histogram during exposure (held-out images)",
+        "epoch",
+        "share of clean predictions",
+        hlines={"flag threshold": threshold} if threshold is not None else None,
+        y_range=(0.0, 1.0),
+    )
+
+
+def accuracy_png(rows: Sequence[Mapping[str, Any]], stop: float | None) -> bytes:
+    epochs = [float(r["epoch"]) for r in rows]
+    series = [Series("defense-set accuracy", epochs, [float(r["clean_acc"]) for r in rows])]
+    if rows and rows[0].get("holdout_acc") is not None:
+        series.append(Series("held-out accuracy", epochs, [float(r["holdout_acc"]) for r in rows]))
+    return line_plot(
+        series,
+        "clean accuracy during exposure",
+        "epoch",
+        "accuracy",
+        hlines={"stop": stop} if stop is not None else None,
+        y_range=(0.0, 1.0),
+    )
+
+
+def _model_lines(source: str | None) -> list[str]:
+    return [f"- model: `{source}`"] if source else []
+
+
+def write_scan_folder(
+    result: ScanResult, folder: str | Path, model_info: Mapping[str, Any] | None = None
+) -> RunFolder:
+    """Write the scan run folder; returns it."""
+    run = RunFolder(folder, kind="scan")
+    run.write_config(
+        {**result.config.to_dict(), "model": dict(model_info or {})},
+        seeds=[result.config.seed, result.config.exposure.seed],
+    )
+    rows = result.exposure.rows
+    run.write_rows("epochs.csv", epoch_rows(rows, result.classes))
+    det = result.detection
+    run.write_plot(
+        "histogram.png",
+        histogram_png(
+            rows, result.classes, det.threshold if det.score_name == "max-share" else None
+        ),
+    )
+    run.write_plot("accuracy.png", accuracy_png(rows, result.exposure.stop_threshold))
+    report = result.to_report()
+    report["model_info"] = dict(model_info or {})
+    run.write_report(report, version=REPORT_VERSION)
+    hist = ", ".join(
+        f"{name} {100 * share:.0f}%"
+        for name, share in sorted(
+            zip(result.classes, det.histogram, strict=True), key=lambda kv: -kv[1]
+        )[:5]
+    )
+    exp = report["exposure"]
+    lines = [
+        f"# EBYD scan: {det.verdict}",
+        "",
+        *_model_lines(result.source),
+        f"- verdict: **{det.verdict}** ({det.score_name} {det.score:.3f} "
+        f"{'>=' if det.flagged else '<'} threshold {det.threshold:g})",
+        f"- target class: {result.target_name or '-'} (dominance needed: "
+        f"{result.config.detection.dominance:g})",
+        f"- exposure: {exp['method']}, {exp['epochs']} epochs; defense-set accuracy "
+        f"{_pct(exp['clean_acc_before'])} -> {_pct(exp['clean_acc_after'])}, held-out "
+        f"{_pct(exp['holdout_acc_before'])} -> {_pct(exp['holdout_acc_after'])}",
+        f"- stop: {exp['stop_reason'] or 'none (max epochs)'}",
+        f"- clean data: {result.defense_size} defense images, {result.holdout_size} held out",
+        f"- histogram after exposure (top 5): {hist}",
+        "",
+        "Files: `epochs.csv`, `histogram.png`, `accuracy.png`, `report.json`, `config.json`.",
+    ]
+    lines += [""] + [f"Note: {n}" for n in result.notes] if result.notes else []
+    run.write_markdown("\n".join(lines))
+    return run
+
+
+def sweep_png(sweep: Sequence[Mapping[str, Any]], chosen: float) -> bytes:
+    taus = [float(r["threshold"]) for r in sweep]
+    series = [Series("defense accuracy", taus, [float(r["defense_acc"]) for r in sweep])]
+    if sweep and "holdout_acc" in sweep[0]:
+        series.append(Series("held-out accuracy", taus, [float(r["holdout_acc"]) for r in sweep]))
+    if sweep and "asr" in sweep[0]:
+        series.append(Series("ASR (known trigger)", taus, [float(r["asr"]) for r in sweep]))
+    series.append(
+        Series(
+            f"chosen threshold {chosen:g}", [chosen, chosen], [0.0, 1.0], colour=(0, 0, 0), width=1
+        )
+    )
+    return line_plot(
+        series, "pruning sweep on the original model", "mask threshold", "rate", y_range=(0.0, 1.0)
+    )
+
+
+def masks_png(values: Sequence[float], chosen: float) -> bytes:
+    ordered = sorted(values)
+    return line_plot(
+        [Series("mask value", list(range(len(ordered))), ordered)],
+        "batch-norm channel masks learned on the exposed model (sorted)",
+        "channel rank",
+        "mask",
+        hlines={"threshold": chosen},
+        y_range=(0.0, 1.0),
+    )
+
+
+def write_purify_folder(
+    result: PurifyResult, folder: str | Path, model_info: Mapping[str, Any] | None = None
+) -> RunFolder:
+    """Write the purify run folder (next to the saved model); returns it."""
+    run = RunFolder(folder, kind="purify")
+    run.write_config(
+        {**result.config.to_dict(), "model": dict(model_info or {})},
+        seeds=[result.config.seed, result.config.exposure.seed],
+    )
+    run.write_rows("epochs.csv", epoch_rows(result.exposure.rows, result.classes))
+    run.write_rows("masks.csv", result.masks.rows)
+    run.write_rows("sweep.csv", result.choice.sweep)
+    run.write_plot("sweep.png", sweep_png(result.choice.sweep, result.choice.threshold))
+    values = [float(v) for vals in result.masks.masks.values() for v in vals.tolist()]
+    run.write_plot("masks.png", masks_png(values, result.choice.threshold))
+    report = result.to_report()
+    report["model_info"] = dict(model_info or {})
+    run.write_report(report, version=REPORT_VERSION)
+    rule = result.config.prune
+    how = (
+        f"largest threshold with defense-accuracy drop <= {rule.max_drop:g}"
+        if rule.rule == "max-drop"
+        else f"fixed threshold {rule.threshold:g}"
+    )
+    lines = [
+        "# EBYD purify (RNP pruning of batch-norm channels)",
+        "",
+        *_model_lines(result.source),
+        f"- threshold: {result.choice.threshold:g} ({how}; chosen without any trigger)",
+        f"- pruned channels: {len(result.choice.channels)} of {report['total_channels']}",
+        f"- held-out clean accuracy: {_pct(result.clean_acc_before)} -> "
+        f"{_pct(result.clean_acc_after)}",
+    ]
+    if result.trigger is not None:
+        lines.append(
+            f"- ASR of the given trigger ({result.trigger['name']}, target "
+            f"{result.classes[result.trigger['target']]}): {_pct(result.asr_before)} "
+            f"-> {_pct(result.asr_after)}"
+        )
+    lines += [
+        "",
+        "Files: `sweep.csv`, `sweep.png`, `masks.csv`, `masks.png`, `epochs.csv`, "
+        "`report.json`, `config.json`, `model.json` + `model.safetensors`.",
+    ]
+    lines += [""] + [f"Note: {n}" for n in result.notes] if result.notes else []
+    run.write_markdown("\n".join(lines))
+    return run
+
+
+__all__ = ["epoch_rows", "write_purify_folder", "write_scan_folder"]
