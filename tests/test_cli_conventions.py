@@ -78,6 +78,10 @@ def test_library_errors_become_their_exit_codes(runner, monkeypatch, tmp_path) -
     result = runner.invoke(main, args)
     assert result.exit_code == 2 and "error: no images here" in result.output
 
+    hint = 'install it: pip install "unlearnable[diffusion]"'
+    monkeypatch.setattr(verify_run, "verify_folders", raising(InputError(hint)))
+    assert hint in runner.invoke(main, args).output  # brackets are text, not rich markup
+
     monkeypatch.setattr(verify_run, "verify_folders", raising(KeyboardInterrupt()))
     result = runner.invoke(main, args)
     assert result.exit_code == EXIT_INTERRUPTED and "interrupted" in result.output

@@ -114,17 +114,47 @@ _LAZY.update(
     }
 )
 
+# model side: FreezeAsGuard
+_LAZY.update(
+    {
+        "learn_freeze_mask": ".defenses.freeze",
+        "relearn": ".defenses.freeze",
+        "finetune": ".defenses.freeze",
+        "load_mask": ".defenses.freeze",
+        "save_mask": ".defenses.freeze",
+        "build_mask": ".defenses.freeze",
+        "FreezeConfig": ".defenses.freeze",
+        "FreezeResult": ".defenses.freeze",
+        "FinetuneConfig": ".defenses.freeze",
+        "FinetuneResult": ".defenses.freeze",
+        "FreezeMask": ".defenses.freeze",
+        "MaskFileError": ".defenses.freeze",
+        "TaskAdapter": ".defenses.freeze",
+        "ClassificationAdapter": ".defenses.freeze",
+        "DiffusionAdapter": ".defenses.freeze",
+        "load_diffusion_model": ".defenses.freeze",
+    }
+)
+
 __all__ = [  # literal, so tools can read it; tests check it matches _LAZY
+    "ClassificationAdapter",
     "ClusterCudaConfig",
     "ClusterProtector",
     "CudaConfig",
     "CudaProtector",
     "DetectionConfig",
+    "DiffusionAdapter",
     "ExposureConfig",
+    "FinetuneConfig",
+    "FinetuneResult",
     "FolderClusters",
+    "FreezeConfig",
+    "FreezeMask",
+    "FreezeResult",
     "InputError",
     "IntegrityError",
     "LoadedModel",
+    "MaskFileError",
     "ModelFileError",
     "ModelSpec",
     "OutputOptions",
@@ -140,6 +170,7 @@ __all__ = [  # literal, so tools can read it; tests check it matches _LAZY
     "SecretKey",
     "Surrogate",
     "SurrogateError",
+    "TaskAdapter",
     "Thresholds",
     "UCConfig",
     "UCMethodConfig",
@@ -154,12 +185,17 @@ __all__ = [  # literal, so tools can read it; tests check it matches _LAZY
     "apply_cuda",
     "attack_success_rate",
     "backdoor_from_spec",
+    "build_mask",
     "build_victim",
     "cluster_folder",
     "cuda_filters",
     "cuda_params",
     "expose",
+    "finetune",
+    "learn_freeze_mask",
+    "load_diffusion_model",
     "load_key_file",
+    "load_mask",
     "load_model",
     "load_surrogate",
     "make_backdoor",
@@ -168,7 +204,9 @@ __all__ = [  # literal, so tools can read it; tests check it matches _LAZY
     "purify_model",
     "read_state_dict",
     "register_method",
+    "relearn",
     "run_verification",
+    "save_mask",
     "save_model",
     "save_purified",
     "scan_model",
@@ -211,6 +249,24 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         scan_model,
     )
     from .defenses.exposure import ExposureConfig, expose
+    from .defenses.freeze import (
+        ClassificationAdapter,
+        DiffusionAdapter,
+        FinetuneConfig,
+        FinetuneResult,
+        FreezeConfig,
+        FreezeMask,
+        FreezeResult,
+        MaskFileError,
+        TaskAdapter,
+        build_mask,
+        finetune,
+        learn_freeze_mask,
+        load_diffusion_model,
+        load_mask,
+        relearn,
+        save_mask,
+    )
     from .keys import SecretKey, load_key_file, write_key_file
     from .models import build_victim
     from .protect import (

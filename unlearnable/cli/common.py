@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 err_console = Console(stderr=True, soft_wrap=True)  # messages stay greppable, never re-wrapped
@@ -76,11 +77,11 @@ def summary_table(title: str, rows: list[tuple[str, str]]) -> Table:
 
 
 def warn(message: str) -> None:
-    err_console.print(f"[yellow]warning:[/] {message}", highlight=False)
+    err_console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False)
 
 
 def note(message: str) -> None:
-    err_console.print(f"[yellow]note:[/] {message}", highlight=False)
+    err_console.print(f"[yellow]note:[/] {escape(message)}", highlight=False)
 
 
 # --------------------------------------------------------------------------- progress

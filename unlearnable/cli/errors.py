@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 
 import click
+from rich.markup import escape
 
 from ..errors import EXIT_FAILURES, EXIT_INTERRUPTED, EXIT_USAGE, UnlearnableError
 from .common import err_console
@@ -18,7 +19,7 @@ from .common import err_console
 
 def print_error(message: str) -> None:
     """``error: message`` on stderr, unwrapped so it stays greppable."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
 
 
 def fail_usage(message: str) -> None:
