@@ -35,7 +35,7 @@ class CommandGroup(click.Group):
         try:
             return super().invoke(ctx)
         except UnlearnableError as exc:
-            print_error(str(exc).strip('"'))
+            print_error(str(exc))
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             err_console.print("interrupted", highlight=False)
