@@ -136,7 +136,20 @@ _LAZY.update(
     }
 )
 
+# audit
+_LAZY.update(
+    {
+        "AuditConfig": ".audit",
+        "AuditResult": ".audit",
+        "audit_model": ".audit",
+        "load_probes": ".audit",
+        "write_audit_folder": ".audit",
+    }
+)
+
 __all__ = [  # literal, so tools can read it; tests check it matches _LAZY
+    "AuditConfig",
+    "AuditResult",
     "ClassificationAdapter",
     "ClusterCudaConfig",
     "ClusterProtector",
@@ -184,6 +197,7 @@ __all__ = [  # literal, so tools can read it; tests check it matches _LAZY
     "apply_cluster_perturbations",
     "apply_cuda",
     "attack_success_rate",
+    "audit_model",
     "backdoor_from_spec",
     "build_mask",
     "build_victim",
@@ -197,6 +211,7 @@ __all__ = [  # literal, so tools can read it; tests check it matches _LAZY
     "load_key_file",
     "load_mask",
     "load_model",
+    "load_probes",
     "load_surrogate",
     "make_backdoor",
     "poison_training_set",
@@ -212,6 +227,7 @@ __all__ = [  # literal, so tools can read it; tests check it matches _LAZY
     "scan_model",
     "surrogate_from_module",
     "verify_folders",
+    "write_audit_folder",
     "write_key_file",
 ]
 
@@ -237,6 +253,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         make_backdoor,
         poison_training_set,
     )
+    from .audit import AuditConfig, AuditResult, audit_model, load_probes, write_audit_folder
     from .checkpoints import LoadedModel, ModelSpec, load_model, read_state_dict, save_model
     from .defenses.detection import DetectionConfig
     from .defenses.ebyd import (
