@@ -289,7 +289,9 @@ def _choose_statistic(requested: str, match: ClassMatch, notes: list[str]) -> st
 
 def _predict_all(predict: Predictor, images: Tensor, batch_size: int) -> np.ndarray:
     parts = [
-        _labels_of(predict(images[start : start + batch_size]), min(batch_size, len(images) - start))
+        _labels_of(
+            predict(images[start : start + batch_size]), min(batch_size, len(images) - start)
+        )
         for start in range(0, images.shape[0], batch_size)
     ]
     return np.concatenate(parts)
@@ -325,48 +327,6 @@ def _marked_predictions(
         labels = _predict_all(predict, flat, batch_size)
         out[:, :, start : start + batch.shape[0]] = labels.reshape(len(keys), classes, -1)
     return out
-
-
-def _rates(
-    preds: np.ndarray, clean: np.ndarray, labels: np.ndarray, model_classes: Sequence[str] | None
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """``(rates, eligible counts, number of model classes)`` of the predictions so far."""
-    top = max(int(clean.max()), int(preds.max())) + 1
-    num_classes = max(len(model_classes), top) if model_classes is not None else top
-    return (
-        move_rates(preds, clean, labels, num_classes),
-        eligible_counts(clean, labels, num_classes),
-        num_classes,
-    )
-
-
-def _choose_statistic(requested: str, match: ClassMatch, notes: list[str]) -> str:
-    from .classes import AuditClassError
-
-    if requested == "label-free":
-        return "label-free"
-    if match.complete:
-        return "labelled"
-    if requested == "auto" and match.how == "none":
-        notes.append(
-            "no manifest class is a class of the model (the scraper used other labels, or the "
-            "model has no class names): the verdict uses the label-free statistic"
-        )
-        return "label-free"
-    missing = ", ".join(match.missing[:8])
-    raise AuditClassError(
-        f"manifest class(es) without a class in the model: {missing}. Map them with a class map "
-        "CSV (owner_class,model_class rows; --class-map) or use the label-free statistic "
-        "(--statistic label-free)"
-    )
-
-
-def _predict_all(predict: Predictor, images: Tensor, batch_size: int) -> np.ndarray:
-    parts = [
-        _labels_of(predict(images[start : start + batch_size]), min(batch_size, len(images) - start))
-        for start in range(0, images.shape[0], batch_size)
-    ]
-    return np.concatenate(parts)
 
 
 __all__ = [
