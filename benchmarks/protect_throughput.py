@@ -7,10 +7,12 @@
 
 Datasets: the CIFAR-10 JPEG train split (50,000 files of 32x32; ``--data``, ``--limit``) and a
 folder of large photos made by the benchmark (``--photos`` images of ``--photo-size``).
-Prints images/s of both and their ratio (protect / floor).
+Floor and protect are interleaved (floor, protect, floor, protect, ...) for ``--rounds``
+rounds, because the floor moves by tens of percent between runs on a shared machine; the table
+gives the median images/s of each and the median of the per-round ratios (protect / floor).
 
-    python benchmarks/protect_throughput.py                 # everything
-    python benchmarks/protect_throughput.py --limit 5000 --photos 10
+    python benchmarks/protect_throughput.py                 # everything, 3 rounds
+    python benchmarks/protect_throughput.py --limit 5000 --photos 10 --rounds 5
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import argparse
 import io
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -100,27 +103,34 @@ def make_photos(folder: Path, count: int, width: int, height: int) -> Path:
     return folder
 
 
-def measure(name: str, source: Path, workers: int, scratch: Path) -> dict:
+def measure(name: str, source: Path, workers: int, scratch: Path, rounds: int) -> dict:
+    """Interleaved floor / protect rounds; medians of images/s and of the per-round ratio."""
     files = discover_images(source).files
     floor_dir, protect_dir = scratch / f"{name}-floor", scratch / f"{name}-protect"
-    floor_s = io_floor(source, floor_dir, files, workers)
-    shutil.rmtree(floor_dir)
-    protect_s, done = protect_time(source, protect_dir, workers)
-    shutil.rmtree(protect_dir)
-    row = {
+    floors, protects, ratios, protect_seconds = [], [], [], []
+    for index in range(rounds):
+        floor_s = io_floor(source, floor_dir, files, workers)
+        shutil.rmtree(floor_dir)
+        protect_s, done = protect_time(source, protect_dir, workers)
+        shutil.rmtree(protect_dir)
+        floors.append(len(files) / floor_s)
+        protects.append(done / protect_s)
+        ratios.append(protects[-1] / floors[-1])
+        protect_seconds.append(protect_s)
+        print(
+            f"{name} round {index + 1}/{rounds}: floor {floors[-1]:.1f} img/s ({floor_s:.1f} s), "
+            f"protect {protects[-1]:.1f} img/s ({protect_s:.1f} s), ratio {ratios[-1]:.2f}",
+            flush=True,
+        )
+    return {
         "name": name,
         "files": len(files),
-        "floor": len(files) / floor_s,
-        "protect": done / protect_s,
-        "floor_s": floor_s,
-        "protect_s": protect_s,
+        "floor": statistics.median(floors),
+        "protect": statistics.median(protects),
+        "ratio": statistics.median(ratios),
+        "ratio_range": (min(ratios), max(ratios)),
+        "protect_s": statistics.median(protect_seconds),
     }
-    print(
-        f"{name}: floor {row['floor']:.1f} img/s ({floor_s:.1f} s), "
-        f"protect {row['protect']:.1f} img/s ({protect_s:.1f} s), ratio {row['protect'] / row['floor']:.2f}",
-        flush=True,
-    )
-    return row
 
 
 def main() -> None:
@@ -135,6 +145,7 @@ def main() -> None:
     parser.add_argument("--photo-size", default="3000x2000", help="WIDTHxHEIGHT of the photos")
     parser.add_argument("--workers", type=int, default=default_workers())
     parser.add_argument("--skip-cifar", action="store_true")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
     args = parser.parse_args()
     width, height = map(int, args.photo_size.lower().split("x"))
 
@@ -145,21 +156,34 @@ def main() -> None:
             train = cifar10_root(args.data) / "train"
             rows.append(
                 measure(
-                    "cifar10-train-jpeg", subset(train, args.limit, scratch), args.workers, scratch
+                    "cifar10-train-jpeg",
+                    subset(train, args.limit, scratch),
+                    args.workers,
+                    scratch,
+                    args.rounds,
                 )
             )
         if args.photos:
             photos = make_photos(scratch / "photos-src", args.photos, width, height)
-            rows.append(measure(f"photos-{args.photo_size}-jpeg", photos, args.workers, scratch))
+            rows.append(
+                measure(
+                    f"photos-{args.photo_size}-jpeg", photos, args.workers, scratch, args.rounds
+                )
+            )
 
-    print(f"\nprotect throughput, workers={args.workers}, cpu cores={os.cpu_count()}")
     print(
-        f"{'dataset':<28}{'files':>8}{'floor img/s':>13}{'protect img/s':>15}{'ratio':>8}{'protect s':>11}"
+        f"\nprotect throughput, workers={args.workers}, cpu cores={os.cpu_count()}, "
+        f"median of {args.rounds} interleaved rounds"
+    )
+    print(
+        f"{'dataset':<28}{'files':>8}{'floor img/s':>13}{'protect img/s':>15}{'ratio':>8}"
+        f"{'ratio range':>14}{'protect s':>11}"
     )
     for row in rows:
+        low, high = row["ratio_range"]
         print(
             f"{row['name']:<28}{row['files']:>8}{row['floor']:>13.1f}{row['protect']:>15.1f}"
-            f"{row['protect'] / row['floor']:>8.2f}{row['protect_s']:>11.1f}"
+            f"{row['ratio']:>8.2f}{f'{low:.2f}-{high:.2f}':>14}{row['protect_s']:>11.1f}"
         )
 
 

@@ -1,4 +1,5 @@
 import io
+import os
 
 import numpy as np
 import pytest
@@ -153,3 +154,29 @@ def test_npz_cache_is_reused_only_when_version_and_identity_match(tmp_path):
     assert load_npz_cache(path, 2, {"model": "m1", "k": 3}) is None
     with pytest.raises(ValueError, match="distinct"):
         save_npz_cache(path, 2, {"x": "clash"}, arrays)
+
+
+def test_temporary_names_fit_the_name_limit_and_are_recognised(tmp_path):
+    from unlearnable.io.atomic import is_temporary_name, remove_stale_temporaries, temporary_name
+
+    for name in ("a.png", "n" * 251 + ".png", "é" * 125 + ".png"):
+        temp = temporary_name(tmp_path / name)
+        assert len(os.fsencode(temp)) <= 255 and is_temporary_name(temp)
+        atomic_write_bytes(tmp_path / name, b"x")
+        assert (tmp_path / name).read_bytes() == b"x"
+    assert not is_temporary_name("photo.tmp") and not is_temporary_name(".x.png")
+    (tmp_path / "sub").mkdir()
+    stale = tmp_path / "sub" / temporary_name(tmp_path / "sub" / "b.png")
+    stale.write_bytes(b"half")
+    assert remove_stale_temporaries(tmp_path) == [stale] and not stale.exists()
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_fast_jpeg_redecode_gives_the_same_pixels(mode):
+    from unlearnable.io.images import decode_pixels
+
+    channels = 3 if mode == "RGB" else 1
+    data = encoded(random_image((37, 29), mode), "JPEG", quality=80)
+    fast = decode_pixels(data, channels, (37, 29))
+    assert fast.shape == (29, 37, channels)
+    assert np.array_equal(fast, decode_pixels(data, channels))

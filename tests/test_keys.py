@@ -88,3 +88,38 @@ def test_seeds_depend_on_context_and_key_and_not_on_global_rng():
 
     np.random.seed(123)
     assert (numpy_generator(FIXED_KEY, "x").random(4) == first).all()
+
+
+def test_keygen_on_a_full_disk_leaves_no_file(tmp_path, monkeypatch):
+    import errno
+
+    path = tmp_path / "k.bin"
+    real_write = os.write
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(KeyFileError, match="No space left on device"):
+        write_key_file(path)
+    monkeypatch.setattr(os, "write", real_write)
+    assert list(tmp_path.iterdir()) == []  # no key, no temporary file
+    key = write_key_file(path)  # and keygen works once there is space
+    assert load_key_file(path) == key
+
+
+def test_keygen_never_replaces_a_file_created_meanwhile(tmp_path, monkeypatch):
+    import unlearnable.keys as keys
+
+    path = tmp_path / "k.bin"
+    real_link = keys._link_new
+
+    def racing(temp, target):
+        target.write_bytes(b"other")
+        real_link(temp, target)
+
+    monkeypatch.setattr(keys, "_link_new", racing)
+    with pytest.raises(KeyFileError, match="refusing to overwrite"):
+        write_key_file(path)
+    assert path.read_bytes() == b"other"
+    assert [p.name for p in tmp_path.iterdir()] == ["k.bin"]

@@ -98,3 +98,30 @@ def test_labels_option_overrides_manifest_labels_but_keeps_its_pairing(folders, 
     assert by_manifest.data.class_names == ["all"] and by_manifest.data.num_classes == 3
     by_folders = load_verify_folders(out, clean, test, labels="folders")
     assert by_folders.data.class_names == ["car", "cat", "dog"] and by_folders.owner_label_mode == "folders"
+
+
+def test_clean_files_that_differ_from_the_manifest_are_refused_or_warned(folders):
+    from unlearnable.errors import IntegrityError
+    from unlearnable.verify_inputs import CleanInputMismatchWarning
+
+    clean, protected, test = folders
+    random_image(seed=77).save(clean / "dog" / "img1.png")  # same name, other content
+    with pytest.raises(IntegrityError, match="1 of 9 clean training files differ.*dog/img1.png"):
+        load_verify_folders(protected, clean, test)
+    with pytest.warns(CleanInputMismatchWarning):
+        loaded = load_verify_folders(protected, clean, test, input_check="warn")
+    assert loaded.input_mismatches == ["dog/img1.png"]
+    assert load_verify_folders(protected, clean, test, input_check="off").input_mismatches == []
+    with pytest.raises(VerifyInputError, match="input_check"):
+        load_verify_folders(protected, clean, test, input_check="maybe")
+
+
+def test_verify_cli_refuses_changed_clean_files(folders, tmp_path, runner):
+    clean, protected, test = folders
+    random_image(seed=78).save(clean / "cat" / "img0.png")
+    result = runner.invoke(
+        main,
+        ["verify", str(protected), "--clean-train", str(clean), "--test", str(test),
+         "--attacks", "erm", "--budget", "smoke", "--epochs", "1", "--run-dir", str(tmp_path / "run")],
+    )
+    assert result.exit_code == 1 and "differ from the inputs" in result.output

@@ -72,22 +72,63 @@ class SecretKey:
 
 
 def write_key_file(path: str | os.PathLike[str], key: SecretKey | None = None) -> SecretKey:
-    """Create ``path`` holding a (new, unless given) key, mode 0600; refuse to overwrite."""
+    """Create ``path`` holding a (new, unless given) key, mode 0600; refuse to overwrite.
+
+    The key is written atomically: into a temporary file beside ``path`` (mode 0600), fsynced,
+    then linked to ``path`` (which fails if ``path`` exists) and the folder fsynced. A full
+    disk or any other write error leaves no file behind, never a partial key.
+    """
     key = key or SecretKey.generate()
     target = Path(path)
+    if os.path.lexists(target):
+        raise KeyFileError(_exists_message(target))
+    from .io.atomic import fsync_folder, temporary_name
+
+    temp = target.with_name(temporary_name(target))
     try:
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        raise KeyFileError(f"{target} already exists; refusing to overwrite a key file") from None
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except OSError as exc:
         raise KeyFileError(f"cannot create key file {target}: {exc.strerror}") from None
     try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, key.material)
-        os.fsync(fd)
+        try:
+            os.fchmod(fd, 0o600)
+            view = memoryview(key.material)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        _link_new(temp, target)
+    except FileExistsError:
+        raise KeyFileError(_exists_message(target)) from None
+    except OSError as exc:
+        raise KeyFileError(
+            f"cannot write key file {target}: {exc.strerror or exc}; no key file was written"
+        ) from None
     finally:
-        os.close(fd)
+        try:
+            os.unlink(temp)
+        except FileNotFoundError:
+            pass
+    fsync_folder(target.parent)
     return key
+
+
+def _link_new(temp: Path, target: Path) -> None:
+    """Give ``temp``'s content the name ``target`` atomically, never replacing an existing file
+    (a hard link; where the file system has none, a rename after a last existence check)."""
+    try:
+        os.link(temp, target)
+    except FileExistsError:
+        raise
+    except OSError:
+        if os.path.lexists(target):
+            raise FileExistsError(str(target)) from None
+        os.rename(temp, target)
+
+
+def _exists_message(target: Path) -> str:
+    return f"{target} already exists; refusing to overwrite a key file"
 
 
 def load_key_file(path: str | os.PathLike[str]) -> SecretKey:

@@ -11,6 +11,13 @@ short side is resized to ``S`` (bilinear, antialiased) and the centre ``S x S`` 
 ``S = image_size`` if given, else ``min(median short side of the training images, 224)``.
 Grayscale images are repeated to 3 channels; alpha is dropped (victims see RGB).
 
+Clean inputs: a manifest records the SHA-256 of every input it protected. The clean training
+files are checked against those hashes (``input_check``): ``refuse`` (default) raises
+:class:`CleanInputMismatchError` when any clean file differs from what was protected (same name,
+other content: the verdict would compare the protected files with other images), ``warn`` goes
+on with a :class:`CleanInputMismatchWarning` and lists them in
+:attr:`LoadedFolders.input_mismatches`, ``off`` skips the check.
+
 Scraper labels (``hacker_labels``): ``folders`` uses the top-level subfolders of the clean
 training and test folders (e.g. the true classes when the owner protected with clusters); a
 CSV file maps owner label -> scraper label (e.g. ``cat,animal``) for training and test labels.
@@ -19,26 +26,37 @@ CSV file maps owner label -> scraper label (e.g. ``cat,animal``) for training an
 from __future__ import annotations
 
 import statistics
+import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from .datasets import LabelError, assign_labels, read_label_csv
-from .errors import InputError
+from .errors import InputError, IntegrityError
 from .imageops import square_rgb, to_uint8
 from .io.discover import discover_images
+from .io.hashing import sha256_file
 from .io.images import ImageDecodeError, decode_image
 from .io.manifest import MANIFEST_NAME, ManifestError, read_manifest
 from .verify import VerifyData
 
 MAX_DEFAULT_SIZE = 224
+INPUT_CHECKS = ("refuse", "warn", "off")
 
 
 class VerifyInputError(InputError):
     """The folders given to ``verify`` cannot be used as they are; the message says why."""
+
+
+class CleanInputMismatchError(IntegrityError):
+    """Clean training files differ from the inputs the manifest recorded (exit 1)."""
+
+
+class CleanInputMismatchWarning(UserWarning):
+    """``input_check="warn"``: clean training files differ from the manifest's inputs."""
 
 
 @dataclass
@@ -51,6 +69,7 @@ class LoadedFolders:
     test_files: list[str]
     owner_label_mode: str
     scraper_label_mode: str | None
+    input_mismatches: list[str] = field(default_factory=list)
 
 
 def load_verify_folders(
@@ -62,8 +81,16 @@ def load_verify_folders(
     hacker_labels: str | None = None,
     image_size: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    input_check: str = "refuse",
 ) -> LoadedFolders:
-    """Read and align the three folders; raise :class:`VerifyInputError` with a clear message."""
+    """Read and align the three folders; raise :class:`VerifyInputError` with a clear message.
+
+    ``input_check`` (``refuse``, ``warn``, ``off``): what to do when clean training files differ
+    from the inputs the manifest recorded (see the module docstring)."""
+    if input_check not in INPUT_CHECKS:
+        raise VerifyInputError(
+            f"input_check must be one of {', '.join(INPUT_CHECKS)}, got {input_check!r}"
+        )
     protected_dir, clean_dir, test_dir = (Path(p) for p in (protected, clean_train, test))
     if protected_dir.is_file() and protected_dir.name.endswith(".json"):
         protected_dir = protected_dir.parent
@@ -75,9 +102,20 @@ def load_verify_folders(
         if not folder.is_dir():
             raise VerifyInputError(f"{name} folder not found: {folder}")
 
-    pairs, owner_labels, owner_mode = _training_pairs(protected_dir, clean_dir, labels)
+    pairs, owner_labels, owner_mode, recorded = _training_pairs(protected_dir, clean_dir, labels)
     if not pairs:
         raise VerifyInputError(f"no training images found in {protected_dir}")
+    mismatches = [] if input_check == "off" else _changed_inputs(clean_dir, recorded)
+    if mismatches:
+        message = (
+            f"{len(mismatches)} of {len(recorded)} clean training files differ from the inputs "
+            f"the manifest recorded (same name, other content), e.g. {mismatches[0]}: the "
+            f"verdict would compare the protected files with other images. Give the folder "
+            f"that was protected as the clean training folder"
+        )
+        if input_check == "refuse":
+            raise CleanInputMismatchError(message + " (or input_check='warn' to go on anyway)")
+        warnings.warn(message, CleanInputMismatchWarning, stacklevel=2)
     test_discovery = discover_images(test_dir)
     if not test_discovery.files:
         raise VerifyInputError(f"no test images found in {test_dir}")
@@ -132,13 +170,26 @@ def load_verify_folders(
         scraper_labels=scraper,
         scraper_class_names=scraper_classes if hacker_labels is not None else None,
     )
-    return LoadedFolders(data, size, train_rel, test_files, owner_mode, scraper_mode)
+    return LoadedFolders(data, size, train_rel, test_files, owner_mode, scraper_mode, mismatches)
+
+
+def _changed_inputs(clean_dir: Path, recorded: dict[str, str]) -> list[str]:
+    """Clean relative paths whose SHA-256 is not the one recorded (in order)."""
+    changed = []
+    for relative, digest in recorded.items():
+        try:
+            if sha256_file(clean_dir / relative) != digest:
+                changed.append(relative)
+        except OSError:
+            changed.append(relative)
+    return changed
 
 
 def _training_pairs(
     protected_dir: Path, clean_dir: Path, labels: str
-) -> tuple[list[tuple[str, str]], list[str], str]:
-    """``[(protected relative path, clean relative path)]``, owner label names, label mode.
+) -> tuple[list[tuple[str, str]], list[str], str, dict[str, str]]:
+    """``[(protected relative path, clean relative path)]``, owner label names, label mode, and
+    the input SHA-256 the manifest recorded per clean relative path (empty without one).
 
     With a manifest, files are paired through it (so a changed output format is no problem)
     and labelled by it, unless ``labels`` names another source, which is then applied to the
@@ -151,6 +202,7 @@ def _training_pairs(
             raise VerifyInputError(str(exc)) from None
         records = [r for r in manifest.files if r.status == "ok"]
         pairs = [(r.output_path or r.path, r.path) for r in records]
+        recorded = {r.path: r.input_sha256 for r in records if r.input_sha256}
         missing = [c for _, c in pairs if not (clean_dir / c).is_file()]
         if missing:
             raise VerifyInputError(
@@ -158,9 +210,10 @@ def _training_pairs(
                 f"{clean_dir}, e.g. {missing[0]}"
             )
         if labels == "auto":
-            return pairs, [r.label or "all" for r in records], f"manifest:{manifest.label_mode}"
+            owner = [r.label or "all" for r in records]
+            return pairs, owner, f"manifest:{manifest.label_mode}", recorded
         assignment = _assign(clean_dir, [c for _, c in pairs], labels)
-        return pairs, [assignment.labels[c] for _, c in pairs], assignment.mode
+        return pairs, [assignment.labels[c] for _, c in pairs], assignment.mode, recorded
     discovery = discover_images(protected_dir)
     assignment = _assign(protected_dir, discovery.files, labels)
     files = sorted(assignment.labels)
@@ -170,7 +223,7 @@ def _training_pairs(
             f"{len(missing)} protected files have no clean counterpart with the same relative path "
             f"in {clean_dir}, e.g. {missing[0]}"
         )
-    return [(f, f) for f in files], [assignment.labels[f] for f in files], assignment.mode
+    return [(f, f) for f in files], [assignment.labels[f] for f in files], assignment.mode, {}
 
 
 def _assign(root: Path, files: list[str], labels: str):

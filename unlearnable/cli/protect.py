@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import click
 
-from ..errors import EXIT_FAILURES, UsageError
+from ..errors import EXIT_FAILURES, EXIT_INTERRUPTED, UsageError
 from ..protect.cuda_method import STRENGTHS
 from ..protect.methods import METHODS, Method
 from ..protect.uc_config import DEFAULT_CLUSTERS, DEFAULT_SURROGATE
@@ -22,7 +25,7 @@ from .common import (
     warn,
 )
 
-DEFAULT_MAX_PIXELS = 178_956_970
+DEFAULT_MAX_PIXELS = 100_000_000
 """= :data:`unlearnable.io.images.DEFAULT_MAX_PIXELS` (not imported: that loads Pillow)."""
 
 
@@ -142,7 +145,9 @@ def _methods_help() -> str:
     type=click.IntRange(1),
     default=DEFAULT_MAX_PIXELS,
     show_default=True,
-    help="Refuse images with more pixels (decompression-bomb guard).",
+    help="Refuse images with more pixels (decompression-bomb guard). Protecting an image takes "
+    "about 100 bytes per pixel (2.4 GB at 24 MP, 10 GB at 100 MP); large images take turns "
+    "when the workers would need more than 3/4 of the free memory.",
 )
 @click.option(
     "--resume",
@@ -220,7 +225,7 @@ def protect(
     config = method_config_from_options(METHODS.get(method), values)
     entry = METHODS.for_config(config)
     assert entry is not None  # from_options returns a registered config
-    target = output_dir or input_dir.with_name(input_dir.resolve().name + "-protected")
+    target = output_dir or default_output_folder(input_dir)
     if fmt in ("jpeg", "webp"):
         warn(f"{fmt} output is lossy; re-encoding weakens the protection. PNG keeps it intact.")
     run = RunOptions(
@@ -238,8 +243,14 @@ def protect(
         "perturbations": "optimising perturbations",
         "protecting": "protecting",
     }
+    from ..io.runner import RunStorageError
+
     try:
-        with progress_bars(quiet or as_json, names) as bars, surrogate_warnings():
+        with (
+            progress_bars(quiet or as_json, names) as bars,
+            surrogate_warnings(),
+            sigterm_as_interrupt(),
+        ):
             run_result = protect_directory(
                 input_dir,
                 target,
@@ -249,6 +260,17 @@ def protect(
                 progress=bars.counter("protecting"),
                 stage_progress=bars.update,
             )
+    except KeyboardInterrupt:
+        err_console.print(
+            f"interrupted: the files finished so far are kept in {target}; rerun the same "
+            "command with --resume to continue",
+            highlight=False,
+        )
+        raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
+    except RunStorageError as exc:
+        if exc.run is not None:
+            report_protect_run(exc.run, quiet=True, as_json=as_json)
+        raise
     except SurrogateError as exc:
         raise UsageError(
             f"{exc}\nTry --surrogate random to run without downloads (a weak protection, for "
@@ -265,6 +287,31 @@ def protect(
     report_protect_run(run_result, quiet, as_json)
     if run_result.failed:
         raise click.exceptions.Exit(EXIT_FAILURES)
+
+
+def default_output_folder(input_dir: Path) -> Path:
+    """``INPUT-protected`` beside INPUT (also for ``.``, ``./`` and ``..``)."""
+    resolved = input_dir.resolve()
+    if resolved.parent == resolved:
+        raise UsageError(f"cannot put an output folder beside {resolved}; give -o OUTPUT")
+    return resolved.parent / f"{resolved.name}-protected"
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM stops the run as Ctrl-C does (workers stopped, journal kept, exit 130)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def method_config_from_options(entry: Method, values: dict[str, object]):
@@ -316,6 +363,10 @@ def surrogate_warnings():
 
 
 def report_protect_run(run_result, quiet: bool, as_json: bool) -> None:
+    from rich.markup import escape
+
+    from ..io.manifest import display_name
+
     summary = run_result.manifest.summary
     clustering = run_result.manifest.extra.get("clustering")
     if run_result.lossy_output:
@@ -332,12 +383,28 @@ def report_protect_run(run_result, quiet: bool, as_json: bool) -> None:
                 "method": run_result.manifest.method,
                 **({"clustering": clustering} if clustering else {}),
                 **summary,
-                "failures": [{"path": r.path, "error": r.error} for r in run_result.failed],
+                "failures": [
+                    {"path": display_name(r.path), "error": r.error} for r in run_result.failed
+                ],
             }
         )
         return
     for record in run_result.failed:
-        err_console.print(f"[red]failed:[/] {record.path}: {record.error}", highlight=False)
+        err_console.print(
+            f"[red]failed:[/] {escape(display_name(record.path))}: {escape(record.error or '')}",
+            highlight=False,
+        )
+    skipped = run_result.skipped
+    if skipped:
+        reasons: dict[str, int] = {}
+        for record in skipped:
+            kind = (record.reason or "skipped").split(";")[0].split(" (")[0]
+            reasons[kind] = reasons.get(kind, 0) + 1
+        detail = ", ".join(f"{count} {kind}" for kind, count in sorted(reasons.items()))
+        err_console.print(
+            f"[yellow]skipped:[/] {len(skipped)} files ({escape(detail)}); listed in the manifest",
+            highlight=False,
+        )
     if clustering and clustering.get("uc"):
         err_console.print(
             f"[yellow]warning:[/] {clustering['state_file']} in the output folder holds the "
@@ -356,6 +423,7 @@ def report_protect_run(run_result, quiet: bool, as_json: bool) -> None:
             + (f" ({summary['resumed']} from an earlier run)" if summary["resumed"] else ""),
         ),
         ("failed", str(summary["failed"])),
+        ("skipped", str(summary.get("skipped", 0))),
         (
             "mean PSNR",
             f"{summary['mean_psnr']:.2f} dB" if summary["mean_psnr"] is not None else "-",

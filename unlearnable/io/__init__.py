@@ -8,11 +8,13 @@ so that importing this package does not load torch.
 from importlib import import_module
 from typing import Any
 
-from .atomic import atomic_write_bytes, atomic_write_text
+from .atomic import atomic_write_bytes, atomic_write_text, remove_stale_temporaries
 from .discover import Discovery, discover_images
 from .hashing import sha256_bytes, sha256_file, sha256_strings
 from .images import DecodedImage, ImageDecodeError, decode_image, encode_image
+from .journal import JOURNAL_NAME, Journal, read_journal
 from .manifest import MANIFEST_NAME, FileRecord, Manifest, ManifestError, read_manifest
+from .memory import BYTES_PER_PIXEL, MemoryGate
 from .npz_cache import load_npz_cache, save_npz_cache
 
 _LAZY = {
@@ -25,6 +27,7 @@ _LAZY = {
     "ProtectRun": ".runner",
     "ProtectUsageError": ".runner",
     "Protector": ".runner",
+    "RunStorageError": ".runner",
     "default_executor": ".runner",
     "discover_and_check": ".runner",
     "run_folder": ".runner",
@@ -39,20 +42,26 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [  # eager names, then the runner's lazy ones
+    "BYTES_PER_PIXEL",
+    "JOURNAL_NAME",
     "MANIFEST_NAME",
     "DecodedImage",
     "Discovery",
     "FileRecord",
     "ImageDecodeError",
+    "Journal",
     "Manifest",
     "ManifestError",
+    "MemoryGate",
     "atomic_write_bytes",
     "atomic_write_text",
     "decode_image",
     "discover_images",
     "encode_image",
     "load_npz_cache",
+    "read_journal",
     "read_manifest",
+    "remove_stale_temporaries",
     "save_npz_cache",
     "sha256_bytes",
     "sha256_file",
@@ -66,6 +75,7 @@ __all__ = [  # eager names, then the runner's lazy ones
     "ProtectRun",
     "ProtectUsageError",
     "Protector",
+    "RunStorageError",
     "default_executor",
     "discover_and_check",
     "run_folder",

@@ -1,22 +1,53 @@
 """Atomic file writes: a temporary file in the target folder, then ``os.replace``.
 
-A reader (or a crash) never sees a half-written file: either the old file or the new one.
+A reader (or a crash) never sees a half-written file: either the old file or the new one. The
+temporary file is ``.NAME.PID.N.tmp`` beside the target, with ``NAME`` shortened when the
+whole name would pass the file system's name limit (255 bytes on most), so any name that fits
+can be written. A process killed between writing and renaming leaves such a file behind;
+:func:`remove_stale_temporaries` removes them (``protect --resume`` does).
+
+``durable=True`` also ``fsync`` s the file before the rename and the folder after it, so the
+new file survives a power cut (manifests, key files); image outputs skip that cost, because
+their records hold hashes that ``--resume`` checks.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
+import re
+from collections.abc import Iterator
 from pathlib import Path
 
 _COUNTER = itertools.count()
+NAME_MAX = 255
+"""Bytes in a file name when the file system does not say (``pathconf`` ``PC_NAME_MAX``)."""
+_TEMP_PATTERN = re.compile(r"^\..*\.\d+\.\d+\.tmp$", re.DOTALL)
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, mode: int = 0o666) -> None:
+def temporary_name(target: Path) -> str:
+    """The temporary name for ``target`` (see the module docstring): at most the name limit."""
+    tail = f".{os.getpid()}.{next(_COUNTER)}.tmp"
+    budget = _name_max(target.parent) - len(os.fsencode(tail)) - 1
+    name = target.name
+    while name and len(os.fsencode(name)) > budget:
+        name = name[:-1]
+    return f".{name}{tail}"
+
+
+def is_temporary_name(name: str) -> bool:
+    """Whether ``name`` has the form of this module's temporary files."""
+    return bool(_TEMP_PATTERN.match(name))
+
+
+def atomic_write_bytes(
+    path: str | os.PathLike[str], data: bytes, mode: int = 0o666, *, durable: bool = False
+) -> None:
     """Write ``data`` to ``path`` atomically; parent folders are created; permissions are
-    ``mode`` masked by the process umask, as for a plain ``open``."""
+    ``mode`` masked by the process umask, as for a plain ``open``. ``durable``: fsync the file
+    and its folder (see the module docstring). Raises ``OSError`` (nothing left behind)."""
     target = Path(path)
-    temp = target.with_name(f".{target.name}.{os.getpid()}.{next(_COUNTER)}.tmp")
+    temp = target.with_name(temporary_name(target))
     try:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     except FileNotFoundError:
@@ -25,6 +56,9 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, mode: int = 0o
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
         os.replace(temp, target)
     except BaseException:
         try:
@@ -32,8 +66,63 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, mode: int = 0o
         except FileNotFoundError:
             pass
         raise
+    if durable:
+        fsync_folder(target.parent)
 
 
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+def atomic_write_text(path: str | os.PathLike[str], text: str, *, durable: bool = False) -> None:
     """:func:`atomic_write_bytes` for UTF-8 text."""
-    atomic_write_bytes(path, text.encode("utf-8"))
+    atomic_write_bytes(path, text.encode("utf-8"), durable=durable)
+
+
+def fsync_folder(folder: str | os.PathLike[str]) -> None:
+    """Make a rename or a new file in ``folder`` durable (no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temporaries(root: str | os.PathLike[str]) -> list[Path]:
+    """Delete this module's temporary files (``.*.PID.N.tmp``) below ``root``, left by a killed
+    writer; return what was removed. Symbolic links to folders are not followed."""
+    removed = []
+    for path in _walk_files(Path(root)):
+        if is_temporary_name(path.name):
+            try:
+                path.unlink()
+                removed.append(path)
+            except FileNotFoundError:
+                pass
+    return removed
+
+
+def _walk_files(root: Path) -> Iterator[Path]:
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(Path(entry.path))
+                elif entry.is_file(follow_symlinks=False):
+                    yield Path(entry.path)
+            except OSError:
+                continue
+
+
+def _name_max(folder: Path) -> int:
+    try:
+        return int(os.pathconf(folder, "PC_NAME_MAX"))
+    except (OSError, ValueError, AttributeError):
+        return NAME_MAX

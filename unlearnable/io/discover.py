@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .images import IMAGE_EXTENSIONS
+from .images import IMAGE_EXTENSIONS, SKIPPED_EXTENSIONS
 
 
 @dataclass
@@ -15,20 +15,35 @@ class Discovery:
     """Image files found below ``root`` (relative POSIX paths, sorted) and per-path problems.
 
     ``problems`` maps a relative path to a message (a symlink loop, an unreadable folder, a
-    broken link). ``ignored`` counts files without an image extension.
+    broken link). ``skipped`` maps a relative path to the reason it was deliberately left out
+    (a hidden file or folder, a GIF): reported, not failed. ``ignored`` counts files without an
+    image extension. Names that are not valid UTF-8 are kept as Python decodes them
+    (``os.fsdecode``: lone surrogates), so they can be opened again.
     """
 
     root: Path
     files: list[str] = field(default_factory=list)
     problems: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
     ignored: int = 0
 
 
-def discover_images(root: str | os.PathLike[str], exclude: Path | None = None) -> Discovery:
+HIDDEN_REASON = "hidden (name starts with '.'); skipped (include_hidden / --include-hidden)"
+HIDDEN_FOLDER_REASON = (
+    "hidden folder (name starts with '.'); skipped with everything in it "
+    "(include_hidden / --include-hidden)"
+)
+
+
+def discover_images(
+    root: str | os.PathLike[str], exclude: Path | None = None, include_hidden: bool = False
+) -> Discovery:
     """Walk ``root`` recursively (following symbolic links, with loop detection).
 
     Files are matched by extension (case-insensitive): .jpg .jpeg .jpe .png .webp .bmp .tif .tiff.
-    Hidden files and folders (name starting with ``.``) are skipped. ``exclude`` is a folder
+    Hidden files and folders (name starting with ``.``) are listed in ``skipped`` unless
+    ``include_hidden`` (a hidden folder is one entry; files in it are not listed one by one),
+    and so are GIF files (a palette cannot hold the protected colours). ``exclude`` is a folder
     not to enter (e.g. an output folder that sits inside the input).
     """
     base = Path(root)
@@ -56,8 +71,6 @@ def discover_images(root: str | os.PathLike[str], exclude: Path | None = None) -
             result.problems[relative or "."] = f"cannot list folder: {exc.strerror}"
             continue
         for entry in entries:
-            if entry.name.startswith("."):
-                continue
             child = f"{relative}/{entry.name}" if relative else entry.name
             try:
                 is_dir = entry.is_dir(follow_symlinks=True)
@@ -65,9 +78,20 @@ def discover_images(root: str | os.PathLike[str], exclude: Path | None = None) -
             except OSError as exc:
                 result.problems[child] = _unreadable_reason(exc)
                 continue
+            suffix = Path(entry.name).suffix.lower()
+            if entry.name.startswith(".") and not include_hidden:
+                if is_dir:
+                    result.skipped[child] = HIDDEN_FOLDER_REASON
+                elif suffix in IMAGE_EXTENSIONS or suffix in SKIPPED_EXTENSIONS:
+                    result.skipped[child] = HIDDEN_REASON
+                else:
+                    result.ignored += 1
+                continue
             if is_dir:
                 stack.append((Path(entry.path), child))
-            elif Path(entry.name).suffix.lower() in IMAGE_EXTENSIONS:
+            elif suffix in SKIPPED_EXTENSIONS:
+                result.skipped[child] = SKIPPED_EXTENSIONS[suffix]
+            elif suffix in IMAGE_EXTENSIONS:
                 if is_file:
                     result.files.append(child)
                 else:

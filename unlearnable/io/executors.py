@@ -10,15 +10,25 @@ an executor can run them elsewhere. When an item's worker dies, the executor yie
 :class:`SerialExecutor` runs everything in this process; :class:`ProcessExecutor` is a pool of
 ``spawn`` processes (each limited to one torch thread). Both give the same results for the same
 items. A distributed executor (Ray, ...) implements the same one-method protocol.
+
+Stopping: the workers ignore SIGINT (Ctrl-C reaches every process of the terminal's group); the
+main process gets the ``KeyboardInterrupt``. When the caller stops iterating early (an error,
+Ctrl-C, ``break``), the pool's queued items are cancelled and its workers terminated at once, so
+nothing keeps running and no worker prints a traceback. A worker killed mid-item may leave a
+temporary file (see :func:`unlearnable.io.atomic.remove_stale_temporaries`), never a partial
+output.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor as _Pool
 from concurrent.futures import as_completed
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from multiprocessing import get_context
 from typing import Any, Protocol, TypeVar
 
@@ -79,20 +89,60 @@ class ProcessExecutor:
         if workers == 1:
             yield from SerialExecutor().run(function, context, items, lost)
             return
-        with _Pool(
+        pool = _Pool(
             workers,
             mp_context=get_context("spawn"),
             initializer=_init_worker,
             initargs=(function, context),
-        ) as pool:
-            futures = {pool.submit(_run_in_worker, item): item for item in items}
+        )
+        finished = False
+        try:
+            with _sigint_ignored():  # spawned while ignored: the workers inherit it
+                futures = {pool.submit(_run_in_worker, item): item for item in items}
             for future in as_completed(futures):
                 try:
-                    yield future.result()
+                    result = future.result()
                 except BrokenProcessPool:
                     # A worker died (most often: out of memory). Its items, and those it could
                     # not start, are reported as lost; the caller decides what that means.
-                    yield lost(futures[future], WORKER_DIED)
+                    result = lost(futures[future], WORKER_DIED)
+                yield result
+            finished = True
+        finally:
+            if finished:
+                pool.shutdown(wait=True)
+            else:
+                stop_pool(pool)
+
+
+def stop_pool(pool: _Pool) -> None:
+    """Cancel a pool's queued items and terminate its workers now (not waiting for them)."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join(timeout=5)
+
+
+@contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Start workers in this block with SIGINT ignored (they inherit that through exec) without
+    losing a Ctrl-C: the signal is blocked meanwhile and delivered to this process after it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    blocking = hasattr(signal, "pthread_sigmask")
+    if blocking:
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if blocking:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def default_workers() -> int:
@@ -107,6 +157,7 @@ _WORKER: tuple[Callable[[Any, Any], Any], Any] | None = None
 
 def _init_worker(function: Callable[[Any, Any], Any], context: Any) -> None:
     global _WORKER
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process handles Ctrl-C
     import torch
 
     torch.set_num_threads(1)

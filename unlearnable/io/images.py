@@ -8,7 +8,10 @@ and chroma subsampling unless a quality is given, so the size and quality stay c
 
 Supported: 8-bit grayscale (L, LA), RGB, RGBA, palette (P, converted to RGB/RGBA: a palette
 cannot hold the filtered colours) and bilevel (1, converted to L) images in JPEG, PNG, WebP, BMP
-and TIFF. CMYK, 16-bit and floating-point images are refused with a clear message.
+and TIFF. CMYK, 16-bit and floating-point images are refused with a clear message, and so are
+animations (animated WebP and PNG) and multi-page TIFF files: protecting only the first frame and
+writing it as "ok" would lose the others silently. GIF files are not decoded at all (a palette
+of 256 colours cannot hold the protected image); discovery reports them as skipped.
 """
 
 from __future__ import annotations
@@ -22,7 +25,15 @@ from PIL import Image, ImageOps, JpegImagePlugin
 Image.MAX_IMAGE_PIXELS = None  # we enforce our own, configurable, limit before decoding
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".tif", ".tiff"})
-DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's own decompression-bomb limit (2 x 89.5 MP)
+SKIPPED_EXTENSIONS = {
+    ".gif": "GIF is not supported (its 256-colour palette cannot hold the protected image); "
+    "skipped: convert it to PNG to protect it",
+}
+"""Image extensions that discovery reports as skipped (with the reason), not as failed."""
+DEFAULT_MAX_PIXELS = 100_000_000
+"""Images with more pixels are refused unless ``max_pixels`` is raised (a decompression-bomb
+guard that also bounds a worker's memory: see :mod:`unlearnable.io.work`). 100 MP covers every
+camera up to medium format (e.g. 11648 x 8736 = 101.8 MP needs ``--max-pixels``)."""
 LOSSY_FORMATS = frozenset({"JPEG", "WEBP"})
 OUTPUT_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 EXTENSION_FOR_FORMAT = {
@@ -92,6 +103,14 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedIm
     if image.format not in EXTENSION_FOR_FORMAT:
         raise ImageDecodeError(f"unsupported image format {image.format}")
     source_format = image.format
+    frames = _frame_count(image)
+    if frames > 1:
+        kind = "multi-page" if source_format == "TIFF" else "animated"
+        raise ImageDecodeError(
+            f"{kind} {source_format} with {frames} frames: only single-frame images are "
+            "protected (writing the first frame alone would drop the others); refused. "
+            "Save each frame as its own file to protect them"
+        )
     try:
         image.load()
     except Exception as exc:
@@ -134,6 +153,13 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedIm
     )
 
 
+def _frame_count(image: Image.Image) -> int:
+    try:
+        return int(getattr(image, "n_frames", 1))
+    except Exception as exc:  # a corrupt page table
+        raise ImageDecodeError(f"cannot count the frames of the image: {exc}") from None
+
+
 def _to_supported_mode(image: Image.Image) -> Image.Image:
     if image.mode == "1":
         return image.convert("L")
@@ -162,10 +188,19 @@ def _format_save_options(image: Image.Image, source_format: str) -> dict:
     return options
 
 
-def decode_pixels(data: bytes, channels: int) -> np.ndarray:
+def decode_pixels(data: bytes, channels: int, size: tuple[int, int] | None = None) -> np.ndarray:
     """Pixels of an image this module encoded (orientation already upright), uint8
-    ``(H, W, channels)`` with channels 1 or 3: a light decode for quality metrics."""
-    image = Image.open(io.BytesIO(data)).convert("L" if channels == 1 else "RGB")
+    ``(H, W, channels)`` with channels 1 or 3: a light decode for quality metrics. With the
+    ``(width, height)`` ``size``, a JPEG goes straight to the decoder (no header parsing in
+    Python; the same pixels)."""
+    mode = "L" if channels == 1 else "RGB"
+    if size is not None and data[:2] == b"\xff\xd8":
+        try:
+            array = np.asarray(Image.frombytes(mode, size, data, "jpeg", mode, ""))
+            return array[..., None] if channels == 1 else array
+        except (OSError, ValueError):
+            pass  # e.g. a CMYK or progressive quirk: take the general path
+    image = Image.open(io.BytesIO(data)).convert(mode)
     array = np.asarray(image)
     return array[..., None] if channels == 1 else array
 

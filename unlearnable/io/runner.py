@@ -2,9 +2,18 @@
 
 Files flow ``input -> decode -> protector (batched tensors) -> encode -> atomic write``
 (:mod:`unlearnable.io.work`); the manifest (:mod:`unlearnable.io.manifest`) records every file.
-The input is never modified, a bad file is reported and skipped, a killed run can be resumed
-(``resume``: files whose input and output still match their ``ok`` record are kept), and the
-work runs on an :class:`~unlearnable.io.executors.Executor` (a process pool by default).
+The input is never modified, a bad file is reported and skipped, and the work runs on an
+:class:`~unlearnable.io.executors.Executor` (a process pool by default).
+
+Crash safety: before the first output file is written, the run starts its journal
+(:mod:`unlearnable.io.journal`), and every finished record is appended and fsynced as its chunk
+comes back. So a run stopped at any moment (kill -9, Ctrl-C, SIGTERM, a full disk, a read-only
+folder, a power cut) can be continued with ``resume``: files whose input and output still match
+their ``ok`` record are kept, the others are done again, and the result (files and records) is
+the same as that of an uninterrupted run. Temporary files of killed writes are removed on
+resume. When the journal or the manifest cannot be written, :class:`RunStorageError` says so in
+one message and carries the records so far. At the end the records are folded into the manifest
+and the journal is removed.
 
 What to protect is a :class:`FolderJob`: the protector, each file's label, and what else the
 manifest records. :func:`run_folder` knows nothing about protection methods; the methods
@@ -13,6 +22,7 @@ manifest records. :func:`run_folder` knows nothing about protection methods; the
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
@@ -21,11 +31,22 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import UsageError
+from ..errors import EXIT_FAILURES, UnlearnableError, UsageError
+from .atomic import is_temporary_name, remove_stale_temporaries
 from .discover import Discovery, discover_images
 from .executors import Executor, ProcessExecutor, SerialExecutor, default_workers
 from .images import EXTENSION_FOR_FORMAT, output_format
-from .manifest import MANIFEST_NAME, FileRecord, Manifest, ManifestError, read_manifest
+from .journal import JOURNAL_NAME, Journal, read_journal
+from .manifest import (
+    MANIFEST_NAME,
+    FileRecord,
+    Manifest,
+    ManifestError,
+    display_name,
+    is_utf8,
+    read_manifest,
+)
+from .memory import MemoryGate
 from .work import (
     DEFAULT_OUTPUT,
     OutputOptions,
@@ -38,11 +59,24 @@ from .work import (
 
 CHUNK_FILES = 64
 CHUNK_BYTES = 16 * 1024 * 1024
-CHECKPOINT_SECONDS = 5.0
+RUN_NAMES = (MANIFEST_NAME, JOURNAL_NAME)
+"""The files a run keeps in the output folder besides the images."""
 
 
 class ProtectUsageError(UsageError):
     """The request cannot be carried out as given (paths, options); nothing was written."""
+
+
+class RunStorageError(UnlearnableError):
+    """The output folder stopped taking writes of the run's own records (journal, manifest):
+    a full disk, a read-only or vanished folder. ``run`` holds the records so far (or None when
+    nothing was started); what was written is kept and a resume continues it. Exit code 1."""
+
+    exit_code = EXIT_FAILURES
+
+    def __init__(self, message: str, run: ProtectRun | None = None) -> None:
+        super().__init__(message)
+        self.run = run
 
 
 @dataclass
@@ -52,7 +86,9 @@ class FolderJob:
     ``labels`` maps relative paths (as :func:`~unlearnable.io.discover_images` gives them) to
     label names; ``classes`` lists the names (index = the class id given to the protector);
     ``label_mode`` is recorded in the manifest. ``problems`` (path -> message) are recorded as
-    failed files. ``clusters`` (path -> cluster id) and ``manifest_extra`` (top-level manifest
+    failed files, ``skipped`` (path -> reason; :attr:`Discovery.skipped
+    <unlearnable.io.discover.Discovery.skipped>`) as skipped files (None: found again by
+    walking the input). ``clusters`` (path -> cluster id) and ``manifest_extra`` (top-level manifest
     entries) are recorded as they are. ``run_files`` names top-level files the method wrote into
     the output folder before the images (its caches); they do not make the folder count as
     "not empty".
@@ -63,6 +99,7 @@ class FolderJob:
     classes: list[str]
     label_mode: str
     problems: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, str] | None = None
     clusters: dict[str, int] | None = None
     manifest_extra: dict[str, Any] = field(default_factory=dict)
     run_files: tuple[str, ...] = ()
@@ -84,6 +121,10 @@ class ProtectRun:
     @property
     def succeeded(self) -> list[FileRecord]:
         return [r for r in self.manifest.files if r.status == "ok"]
+
+    @property
+    def skipped(self) -> list[FileRecord]:
+        return [r for r in self.manifest.files if r.status == "skipped"]
 
 
 def default_executor(workers: int | None = None) -> Executor:
@@ -107,12 +148,17 @@ def run_folder(
     """Protect every labelled image of ``input_dir`` into ``output_dir`` as ``job`` says.
 
     ``key_fingerprint`` is recorded (never the key). ``executor`` runs the chunks of files
-    (default: :func:`default_executor`). ``progress(done, total)`` follows the files. Returns a
-    :class:`ProtectRun`; raises :class:`ProtectUsageError` before writing anything when the
-    request is not valid (folders, a non-empty output without ``resume``, a resume with other
-    settings).
+    (default: :func:`default_executor`); a :class:`ProcessExecutor` shares a
+    :class:`~unlearnable.io.memory.MemoryGate`, so large images take turns when memory is short.
+    ``progress(done, total)`` follows the files. Returns a :class:`ProtectRun`; raises
+    :class:`ProtectUsageError` before writing anything when the request is not valid (folders,
+    a non-empty output without ``resume``, a resume with other settings, a label that is not
+    UTF-8 text), and :class:`RunStorageError` when the output folder stops taking the run's
+    records (the run so far is kept for a resume). A ``KeyboardInterrupt`` stops the workers
+    and leaves a resumable folder.
     """
     check_folders(input_dir, output_dir)
+    _check_class_names(job.classes)
     protector = job.protector
     manifest = Manifest(
         method=protector.method,
@@ -125,51 +171,106 @@ def run_folder(
     previous = _previous_records(output_dir, manifest, resume, job.run_files)
     class_index = {name: index for index, name in enumerate(job.classes)}
     clusters = job.clusters or {}
+    records: dict[str, FileRecord] = {}
+    skipped = job.skipped
+    if skipped is None:
+        skipped = discover_images(input_dir, exclude=output_dir).skipped
+    for path, reason in skipped.items():
+        records[path] = FileRecord(path=path, status="skipped", reason=reason)
+    for path, message in job.problems.items():
+        records[path] = FileRecord(path=path, status="error", error=message)
     tasks = [
         Task(path, class_index[label], label, previous.get(path), clusters.get(path))
         for path, label in sorted(job.labels.items())
     ]
-    records: dict[str, FileRecord] = {
-        path: FileRecord(path=path, status="error", error=message)
-        for path, message in job.problems.items()
-    }
     output_names, collisions = _output_names([t.path for t in tasks], options.format)
     for path, message in collisions.items():
         records[path] = FileRecord(path=path, status="error", label=job.labels[path], error=message)
     tasks = [t for t in tasks if t.path not in collisions]
-    output_dir.mkdir(parents=True, exist_ok=True)
-    context = WorkContext(input_dir, output_dir, protector, options, output_names)
+    journal = _start_journal(output_dir, manifest, previous.values())
+    executor = executor or default_executor()
+    memory = None
+    if isinstance(executor, ProcessExecutor) and executor.workers > 1:
+        memory = MemoryGate.for_workers(executor.workers)
+    context = WorkContext(input_dir, output_dir, protector, options, output_names, memory)
 
     started = time.perf_counter()
     total = len(tasks)
     done = 0
-    last_checkpoint = started
-    checkpoint_every = CHECKPOINT_SECONDS
     lossy = False
     resumed = 0
+    storage_problem: OSError | None = None
     chunks = _chunks(input_dir, tasks)
-    for result in (executor or default_executor()).run(process_chunk, context, chunks, lost_chunk):
-        lossy |= result.lossy
-        resumed += result.resumed
-        for record in result.records:
-            records[record.path] = record
-        done += len(result.records)
-        if progress is not None:
-            progress(done, total)
-        if time.perf_counter() - last_checkpoint > checkpoint_every:
-            # A checkpoint lets a resume skip finished files after a crash; its cost grows with
-            # the number of records, so checkpoints are spaced to take <= 5% of the run.
-            write_started = time.perf_counter()
-            manifest.files = _ordered(records)
-            manifest.write(output_dir)
-            last_checkpoint = time.perf_counter()
-            checkpoint_every = max(CHECKPOINT_SECONDS, 20 * (last_checkpoint - write_started))
+    runs = executor.run(process_chunk, context, chunks, lost_chunk)
+    try:
+        for result in runs:
+            lossy |= result.lossy
+            resumed += result.resumed
+            for record in result.records:
+                records[record.path] = record
+            try:
+                journal.append(result.records)
+            except OSError as exc:
+                storage_problem = exc
+                break
+            done += len(result.records)
+            if progress is not None:
+                progress(done, total)
+    finally:
+        close = getattr(runs, "close", None)
+        if close is not None:
+            close()  # stops the executor's workers when the loop ended early
+        journal.close()
     seconds = time.perf_counter() - started
 
     manifest.files = _ordered(records)
     manifest.summary = _summary(manifest.files, seconds, resumed, lossy)
-    manifest_path = manifest.write(output_dir)
-    return ProtectRun(manifest, output_dir, manifest_path, lossy)
+    run = ProtectRun(manifest, output_dir, output_dir / MANIFEST_NAME, lossy)
+    if storage_problem is not None:
+        raise RunStorageError(
+            _storage_message("the run's journal", output_dir, storage_problem, run), run
+        )
+    try:
+        manifest.write(output_dir)
+    except OSError as exc:
+        raise RunStorageError(_storage_message(MANIFEST_NAME, output_dir, exc, run), run) from None
+    journal.remove()
+    return run
+
+
+def _check_class_names(classes: list[str]) -> None:
+    """Refuse class names that are not UTF-8 text (folder names in another encoding): a class's
+    protection is derived from its name's text."""
+    bad = [name for name in classes if not is_utf8(name)]
+    if bad:
+        raise ProtectUsageError(
+            f"label {display_name(bad[0])!r} (bytes {os.fsencode(bad[0]).hex()}) is not valid "
+            "UTF-8 text, e.g. a folder name in another encoding; a label's protection is derived "
+            "from its text: rename it in UTF-8 (e.g. convmv -f latin1 -t utf8 -r --notest DIR)"
+        )
+
+
+def _start_journal(output_dir: Path, manifest: Manifest, previous) -> Journal:
+    """Create the output folder, remove stale temporary files, and start the journal with the
+    earlier run's records (:class:`RunStorageError` when the folder takes no writes)."""
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(output_dir)
+        return Journal.start(output_dir, manifest, previous)
+    except OSError as exc:
+        raise RunStorageError(
+            f"cannot write to the output folder {output_dir}: {exc.strerror or exc}; "
+            "nothing was protected. Choose a writable folder with free space."
+        ) from None
+
+
+def _storage_message(what: str, output_dir: Path, exc: OSError, run: ProtectRun) -> str:
+    done = len(run.succeeded)
+    return (
+        f"cannot write {what} in {output_dir}: {exc.strerror or exc}. The run stopped; the "
+        f"{done} files protected so far are kept. Free space (or make the folder writable) and "
+        "rerun the same command with --resume to continue."
+    )
 
 
 def check_folders(input_dir: Path, output_dir: Path) -> None:
@@ -183,18 +284,30 @@ def check_folders(input_dir: Path, output_dir: Path) -> None:
         )
 
 
-def discover_and_check(input_dir: Path, output_dir: Path) -> Discovery:
-    """Check the folders, then discover images (the output folder is never entered)."""
+def discover_and_check(
+    input_dir: Path, output_dir: Path, include_hidden: bool = False
+) -> Discovery:
+    """Check the folders, then discover images (the output folder is never entered; hidden
+    files are reported as skipped unless ``include_hidden``)."""
     check_folders(input_dir, output_dir)
-    return discover_images(input_dir, exclude=output_dir if output_dir.exists() else None)
+    return discover_images(
+        input_dir,
+        exclude=output_dir if output_dir.exists() else None,
+        include_hidden=include_hidden,
+    )
 
 
 def check_output_folder(output_dir: Path, resume: bool, run_files: Collection[str] = ()) -> None:
-    """Refuse a non-empty output folder without ``resume``, and one with files but no manifest
-    with it. Top-level entries named in ``run_files`` (this run's own sidecar files) are ignored."""
+    """Refuse a non-empty output folder without ``resume``, and one with files but neither a
+    manifest nor a journal with it. Top-level entries named in ``run_files`` (this run's own
+    sidecar files) and temporary files of killed writes are ignored."""
     if not output_dir.exists():
         return
-    occupied = any(entry.name not in run_files for entry in output_dir.iterdir())
+    try:
+        names = [entry.name for entry in output_dir.iterdir()]
+    except OSError as exc:
+        raise ProtectUsageError(f"cannot read output folder {output_dir}: {exc.strerror}") from None
+    occupied = any(n not in run_files and not is_temporary_name(n) for n in names)
     if not occupied:
         return
     if not resume:
@@ -202,29 +315,42 @@ def check_output_folder(output_dir: Path, resume: bool, run_files: Collection[st
             f"output folder {output_dir} is not empty; use --resume to continue a run there, "
             "or choose another folder"
         )
-    if not (output_dir / MANIFEST_NAME).exists():
+    if not any(name in names for name in RUN_NAMES):
         raise ProtectUsageError(
-            f"--resume: {output_dir} has files but no {MANIFEST_NAME}; refusing to write there"
+            f"--resume: {output_dir} has files but no {MANIFEST_NAME} or {JOURNAL_NAME}; "
+            "refusing to write there"
         )
 
 
 def _previous_records(
     output_dir: Path, manifest: Manifest, resume: bool, run_files: Collection[str] = ()
 ) -> dict[str, FileRecord]:
-    manifest_file = output_dir / MANIFEST_NAME
+    """The ``ok`` records of an earlier run in ``output_dir``: its manifest, then its journal
+    (later records win)."""
     check_output_folder(output_dir, resume, run_files)
-    if not resume or not manifest_file.exists():
+    if not resume:
         return {}
-    try:
-        earlier = read_manifest(manifest_file)
-    except ManifestError as exc:
-        raise ProtectUsageError(f"--resume: {exc}") from None
-    if not manifest.same_protection(earlier):
-        raise ProtectUsageError(
-            "--resume: the output folder was made with a different key, method or parameters; "
-            "use the same ones, or another output folder"
-        )
-    return {r.path: r for r in earlier.files if r.status == "ok"}
+    found: dict[str, FileRecord] = {}
+    for name in RUN_NAMES:
+        path = output_dir / name
+        if not path.exists():
+            continue
+        try:
+            if name == MANIFEST_NAME:
+                earlier = read_manifest(path)
+                records = earlier.files
+            else:
+                earlier, records = read_journal(path)
+        except ManifestError as exc:
+            raise ProtectUsageError(f"--resume: {exc}") from None
+        if not manifest.same_protection(earlier):
+            raise ProtectUsageError(
+                "--resume: the output folder was made with a different key, method or "
+                "parameters; use the same ones, or another output folder"
+            )
+        for record in records:
+            found[record.path] = record
+    return {path: r for path, r in found.items() if r.status == "ok"}
 
 
 def _output_names(paths: list[str], requested_format: str) -> tuple[dict[str, str], dict[str, str]]:
@@ -274,13 +400,15 @@ def _summary(
     records: list[FileRecord], seconds: float, resumed: int, lossy: bool
 ) -> dict[str, Any]:
     ok = [r for r in records if r.status == "ok"]
+    skipped = sum(r.status == "skipped" for r in records)
     finite_psnr = [r.psnr for r in ok if r.psnr is not None and np.isfinite(r.psnr)]
     ssims = [r.ssim for r in ok if r.ssim is not None]
     processed = len(ok) - resumed
     return {
         "files": len(records),
         "ok": len(ok),
-        "failed": len(records) - len(ok),
+        "failed": len(records) - len(ok) - skipped,
+        "skipped": skipped,
         "resumed": resumed,
         "mean_psnr": round(float(np.mean(finite_psnr)), 3) if finite_psnr else None,
         "mean_ssim": round(float(np.mean(ssims)), 5) if ssims else None,
@@ -297,6 +425,7 @@ __all__ = [
     "ProtectRun",
     "ProtectUsageError",
     "Protector",
+    "RunStorageError",
     "check_folders",
     "check_output_folder",
     "default_executor",

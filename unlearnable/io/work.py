@@ -7,12 +7,18 @@ protected together as one ``(B, C, H, W)`` float tensor in [0, 1], at most
 :data:`BATCH_PIXELS` pixels per batch. Every file gets a :class:`~.manifest.FileRecord`: ``ok``
 with hashes, sizes, the plan, PSNR and SSIM (of the file as written, so a lossy format counts),
 or ``error`` with the reason.
+
+Memory: a batch needs about :data:`~unlearnable.io.memory.BYTES_PER_PIXEL` (100) bytes per
+pixel at its peak, so batches are capped at :data:`BATCH_PIXELS`; a batch of a large image
+(from :data:`GATED_PIXELS` on) waits for room in the run's shared
+:class:`~unlearnable.io.memory.MemoryGate` when there is one (see :mod:`unlearnable.io.memory`).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Hashable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -35,10 +41,13 @@ from .images import (
     output_format,
 )
 from .manifest import FileRecord
+from .memory import MemoryGate, batch_bytes
 
 # Images are protected in batches of at most this many pixels, which bounds a worker's memory
-# (float copies, FFT buffers) to a few hundred MB whatever the image size.
+# (float copies, FFT buffers) to a few hundred MB for small images.
 BATCH_PIXELS = 4_000_000
+GATED_PIXELS = 1_000_000
+"""Batches of at least this many pixels go through the run's memory gate."""
 
 
 class Protector(Protocol):
@@ -103,6 +112,7 @@ class WorkContext:
     protector: Protector
     options: OutputOptions
     output_names: dict[str, str] = field(default_factory=dict)
+    memory: MemoryGate | None = None
 
 
 @dataclass
@@ -155,9 +165,16 @@ def process_chunk(context: WorkContext, chunk: list[Task]) -> ChunkResult:
     for (shape, plan), items in groups.items():
         per_batch = max(1, BATCH_PIXELS // (shape[0] * shape[1]))
         for start in range(0, len(items), per_batch):
-            group_records, group_lossy = _protect_group(
-                context, plan, items[start : start + per_batch]
+            batch = items[start : start + per_batch]
+            pixels = len(batch) * shape[0] * shape[1]
+            gate = context.memory
+            room = (
+                gate.hold(batch_bytes(pixels))
+                if gate is not None and pixels >= GATED_PIXELS
+                else nullcontext()
             )
+            with room:
+                group_records, group_lossy = _protect_group(context, plan, batch)
             records.extend(group_records)
             lossy |= group_lossy
     return ChunkResult(records, lossy, resumed)
@@ -176,6 +193,7 @@ def _protect_group(
     label_ids = torch.tensor([item.task.label_id for item in items], dtype=torch.int64)
     protected = context.protector.apply(originals, label_ids, plan)
     protected_u8_hwc = to_uint8(protected).permute(0, 2, 3, 1).contiguous().numpy()
+    del protected, pixels  # the float result is not needed any more (memory)
     plan_json = context.protector.describe_plan(plan)
     options = context.options
 
@@ -196,7 +214,7 @@ def _protect_group(
         if is_lossy(fmt, image):
             lossy = True
             # the metrics describe the file as written
-            stored[index] = decode_pixels(data, stored.shape[3])
+            stored[index] = decode_pixels(data, stored.shape[3], (image.width, image.height))
         relative = context.output_names.get(task.path, task.path)
         try:
             atomic_write_bytes(context.output_dir / relative, data)
@@ -232,10 +250,15 @@ def _add_quality(
     stored: np.ndarray,
 ) -> None:
     """PSNR and SSIM of each written file against its original (``stored``: (B, H, W, C) uint8)."""
-    index_tensor = torch.tensor(written)
-    final = torch.from_numpy(stored).permute(0, 3, 1, 2)[index_tensor].float().div_(255.0)
-    psnr_values = psnr(originals[index_tensor], final).tolist()
-    ssim_values = ssim(originals[index_tensor], final).tolist()
+    if len(written) == len(records):  # all of them: no copies
+        kept, final_u8 = originals, torch.from_numpy(stored).permute(0, 3, 1, 2)
+    else:
+        index_tensor = torch.tensor(written)
+        kept = originals[index_tensor]
+        final_u8 = torch.from_numpy(stored).permute(0, 3, 1, 2)[index_tensor]
+    final = final_u8.float().div_(255.0)
+    psnr_values = psnr(kept, final).tolist()
+    ssim_values = ssim(kept, final).tolist()
     for position, index in enumerate(written):
         record = records[index]
         assert record is not None

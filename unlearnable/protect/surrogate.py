@@ -57,6 +57,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
@@ -392,7 +393,9 @@ def _load_open_clip_pretrained(
         )
     with _quiet_open_clip(), _seeded_init(), _hub_offline_when_unreachable() as offline:
         try:
-            model = open_clip.create_model(model_name, pretrained=tag, cache_dir=cache_dir)
+            model = open_clip.create_model(
+                model_name, pretrained=tag, cache_dir=cache_dir, weights_only=True
+            )
         except Exception as exc:
             reason = (
                 "no network (the Hugging Face hub cannot be reached, or HF_HUB_OFFLINE is set) "
@@ -550,7 +553,8 @@ def _load_torchvision(spec: str, *, allow_pickle: bool, input_size: int | None) 
             weights_id = f"random-seed={RANDOM_INIT_SEED}|torch={torch.__version__}|torchvision={torchvision.__version__}"
         elif weights and weights != "default" and not _looks_like_path(weights):
             try:  # a named weights enum entry, e.g. tv:resnet50:IMAGENET1K_V1
-                model = torchvision.models.get_model(name, weights=weights)
+                with torchvision_weights_only():
+                    model = torchvision.models.get_model(name, weights=weights)
             except Exception as exc:
                 raise SurrogateError(
                     f"could not load torchvision weights {weights!r} for {name}: {exc} "
@@ -575,7 +579,8 @@ def _load_torchvision(spec: str, *, allow_pickle: bool, input_size: int | None) 
                     f"torchvision {name} has no pretrained weights; use {spec}:random"
                 )
             try:
-                model = torchvision.models.get_model(name, weights="DEFAULT")
+                with torchvision_weights_only():
+                    model = torchvision.models.get_model(name, weights="DEFAULT")
             except Exception as exc:
                 raise SurrogateError(
                     f"could not load the pretrained surrogate {spec!r}: {exc}\n"
@@ -597,6 +602,31 @@ def _load_torchvision(spec: str, *, allow_pickle: bool, input_size: int | None) 
         std=std,
         weights_id=weights_id,
     )
+
+
+@contextmanager
+def torchvision_weights_only() -> Iterator[None]:
+    """Make torchvision's pretrained-weights loader unpickle with ``weights_only=True``.
+
+    ``get_model(name, weights=...)`` reads the downloaded (or cached, under
+    ``~/.cache/torch/hub/checkpoints``) file with ``torch.hub.load_state_dict_from_url``, whose
+    default is ``weights_only=False``: a file planted in the cache would run code. Every
+    torchvision builder loads through ``WeightsEnum.get_state_dict``, so in this block that
+    method passes ``weights_only=True`` (a planted pickle fails with an error instead).
+    """
+    from torchvision.models._api import WeightsEnum
+
+    original = WeightsEnum.__dict__["get_state_dict"]
+
+    def get_state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        kwargs["weights_only"] = True
+        return original(self, *args, **kwargs)
+
+    WeightsEnum.get_state_dict = get_state_dict
+    try:
+        yield
+    finally:
+        WeightsEnum.get_state_dict = original
 
 
 def _weights_digest(module: nn.Module) -> str:
