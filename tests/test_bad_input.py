@@ -218,3 +218,14 @@ def test_pixel_limit_refuses_before_decoding():
     Image.fromarray(pixels).save(buffer, format="PNG")
     with pytest.raises(ImageDecodeError, match="over the limit"):
         decode_image(buffer.getvalue(), max_pixels=15)
+
+
+def test_include_hidden_protects_hidden_files(tmp_path, runner, key_file):
+    source = make_labelled_folder(tmp_path / "in", per_class=1)
+    random_image().save(source / "cat" / ".hidden.png")
+    out = tmp_path / "out"
+    result = protect(runner, source, "-o", out, "--key", key_file, "--include-hidden")
+    assert result.exit_code == 0, result.output
+    records = _records(out)
+    assert records["cat/.hidden.png"]["status"] == "ok"
+    assert (out / "cat" / ".hidden.png").exists()

@@ -66,3 +66,22 @@ def test_save_models_keeps_victims_that_reproduce_the_reported_accuracy(folders,
         accuracy = float((predictions == data.test_labels).float().mean())
         reported = next(r for r in run.report["attacks"][0]["runs"] if r["train_set"] == train_set)
         assert accuracy == pytest.approx(reported["epochs"][-1]["test_acc"])
+
+
+def test_input_check_refuses_or_warns_about_changed_clean_files(folders, tmp_path, runner) -> None:
+    from .conftest import random_image
+
+    clean, protected, test = folders
+    random_image(seed=999).save(clean / "cat" / "img0.png")  # not the image that was protected
+    options = ul.VerifyOptions(attacks=("erm",), budget="smoke", epochs=1, device="cpu")
+    with pytest.raises(ul.IntegrityError):
+        ul.verify_folders(protected, clean, test, options, output=tmp_path / "r1")
+    warned = ul.verify_folders(protected, clean, test, ul.VerifyOptions(
+        attacks=("erm",), budget="smoke", epochs=1, device="cpu", input_check="warn"),
+        output=tmp_path / "r2")
+    assert warned.input_mismatches == ["cat/img0.png"]
+    args = ["verify", str(protected), "--clean-train", str(clean), "--test", str(test),
+            "--attacks", "erm", "--budget", "smoke", "--epochs", "1", "-o", str(tmp_path / "r3")]
+    assert runner.invoke(main, args).exit_code == 1
+    result = runner.invoke(main, [*args, "--input-check", "warn", "-o", str(tmp_path / "r4")])
+    assert result.exit_code == 0 and "differ from the inputs" in result.output

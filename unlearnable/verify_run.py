@@ -29,6 +29,7 @@ from .verify import Thresholds, VerifyProgressCallback, VerifyResult
 #: The budget names :func:`verify_folders` accepts (see ``unlearnable.attacks.training.BUDGETS``).
 BUDGET_NAMES = ("smoke", "quick", "standard", "paper")
 DEVICE_HELP = "auto | cpu | cuda | cuda:N"
+INPUT_CHECKS = ("refuse", "warn", "off")
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,10 @@ class VerifyOptions:
     * ``ratio``: the protected share for the ``partial`` attack; ``pgd_steps``: PGD steps of
       adversarial training (both ``None``: the attacks' defaults).
     * ``save_models``: keep every trained victim in the run folder (``models/``).
+    * ``input_check``: what to do when a clean training file differs from the input hash the
+      protected folder's manifest recorded: ``refuse`` (default; an
+      :class:`~unlearnable.errors.IntegrityError`), ``warn`` (listed in
+      :attr:`VerifyRun.input_mismatches`) or ``off``.
     """
 
     labels: str = "auto"
@@ -64,6 +69,7 @@ class VerifyOptions:
     ratio: float | None = None
     pgd_steps: int | None = None
     save_models: bool = False
+    input_check: str = "refuse"
 
     def __post_init__(self) -> None:
         if isinstance(self.attacks, str):
@@ -78,6 +84,10 @@ class VerifyOptions:
             raise UsageError(f"epochs must be >= 1, got {self.epochs}")
         if self.image_size is not None and self.image_size < 8:
             raise UsageError(f"image size must be >= 8, got {self.image_size}")
+        if self.input_check not in INPUT_CHECKS:
+            raise UsageError(
+                f"input_check must be one of {', '.join(INPUT_CHECKS)}, got {self.input_check!r}"
+            )
         if self.ratio is not None and not 0 <= self.ratio <= 1:
             raise UsageError(f"ratio must be in [0, 1], got {self.ratio}")
 
@@ -98,6 +108,7 @@ class VerifyRun:
     folder: Path
     image_size: int
     model_paths: list[Path] = field(default_factory=list)
+    input_mismatches: list[str] = field(default_factory=list)
 
 
 def resolve_device(device: str) -> str:
@@ -193,6 +204,7 @@ def verify_folders(
         hacker_labels=options.hacker_labels,
         image_size=options.image_size,
         progress=load_progress,
+        input_check=options.input_check,
     )
     folder = (
         Path(output)
@@ -224,7 +236,8 @@ def verify_folders(
         },
     )
     paths = saver.paths if saver else []
-    return VerifyRun(result, result.to_json(), folder, loaded.image_size, paths)
+    mismatches = list(loaded.input_mismatches)
+    return VerifyRun(result, result.to_json(), folder, loaded.image_size, paths, mismatches)
 
 
 class _ModelSaver:

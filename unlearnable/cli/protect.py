@@ -121,6 +121,12 @@ def _methods_help() -> str:
     help="Where the surrogate runs: auto (a CUDA GPU if there is one), cpu, cuda, cuda:N.",
 )
 @click.option(
+    "--include-hidden",
+    is_flag=True,
+    help="Also protect hidden files and folders (names starting with '.'); by default they are "
+    "reported as skipped.",
+)
+@click.option(
     "--allow-pickle",
     is_flag=True,
     help="Allow pickle-based surrogate checkpoints (.pt/.pth/.bin/.ckpt): only for files you trust.",
@@ -182,6 +188,7 @@ def protect(
     eps: float | None,
     uc_steps: int | None,
     device: str,
+    include_hidden: bool,
     allow_pickle: bool,
     fmt: str,
     quality: int | None,
@@ -236,6 +243,7 @@ def protect(
         workers=workers,
         device=resolve_device(device) if entry.uses_surrogate else None,
         allow_pickle=allow_pickle,
+        include_hidden=include_hidden,
     )
     names = {
         "reading": "hashing files",

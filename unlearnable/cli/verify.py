@@ -17,6 +17,7 @@ from .common import (
     print_json,
     progress_bars,
     quiet_option,
+    warn,
 )
 
 BUDGETS = ("smoke", "quick", "standard", "paper")  # = unlearnable.verify_run.BUDGET_NAMES (tested)
@@ -193,6 +194,14 @@ def verify_options(function):
             help="Worst PER needed for 'weak'.",
         ),
         click.option(
+            "--input-check",
+            type=click.Choice(("refuse", "warn", "off")),
+            default="refuse",
+            show_default=True,
+            help="When a --clean-train file differs from the input the manifest recorded: refuse, "
+            "warn, or do not check.",
+        ),
+        click.option(
             "--save-models",
             is_flag=True,
             help="Keep every trained victim in the run folder (models/, safetensors + JSON).",
@@ -228,6 +237,7 @@ def verify_command(
     pgd_steps,
     protected_threshold,
     weak_threshold,
+    input_check,
     save_models,
     output,
     output_alias,
@@ -262,6 +272,7 @@ def verify_command(
         ratio=ratio,
         pgd_steps=pgd_steps,
         save_models=save_models,
+        input_check=input_check,
     )
     run = run_verify(protected, clean_train, test_dir, options, output, quiet or as_json)
     report = run.report
@@ -283,6 +294,13 @@ def verify_command(
         )
     for text in report["notes"]:
         note(text)
+    if run.input_mismatches:
+        shown = ", ".join(run.input_mismatches[:5])
+        warn(
+            f"{len(run.input_mismatches)} clean training files differ from the inputs the "
+            f"manifest recorded (e.g. {shown}): the baseline may not be the protected images' "
+            "originals"
+        )
 
 
 verify = click.command("verify")(verify_options(verify_command))

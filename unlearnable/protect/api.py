@@ -66,14 +66,16 @@ def protect_directory(
     if not isinstance(run, RunOptions):
         raise ProtectUsageError(f"run must be a RunOptions, got {type(run).__name__}")
     source, target = Path(input_dir), Path(output_dir)
-    discovery = discover_and_check(source, target)
+    discovery = discover_and_check(source, target, include_hidden=run.include_hidden)
     if not discovery.files and not discovery.problems:
         raise ProtectUsageError(
             f"no images found in {source} (looked for JPEG, PNG, WebP, BMP, TIFF)"
         )
     context = MethodContext(source, target, list(discovery.files), key, run, stage_progress)
     job = entry.prepare(config, context)
-    job = dataclasses.replace(job, problems={**discovery.problems, **job.problems})
+    job = dataclasses.replace(
+        job, problems={**discovery.problems, **job.problems}, skipped=dict(discovery.skipped)
+    )
     return run_folder(
         source,
         target,

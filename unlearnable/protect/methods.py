@@ -115,7 +115,8 @@ class RunOptions:
     :class:`~unlearnable.io.executors.Executor`. ``threads``: torch threads for the surrogate
     work (feature extraction, UC optimisation; default: the current setting, capped at the CPUs).
     ``device``: where a surrogate runs (default CPU). ``allow_pickle``: permit pickle-based
-    surrogate checkpoints (only for files you trust).
+    surrogate checkpoints (only for files you trust). ``include_hidden``: protect hidden files
+    and folders (names starting with ``.``) too; by default they are reported as skipped.
     """
 
     output: OutputOptions = field(default_factory=_default_output)
@@ -125,6 +126,7 @@ class RunOptions:
     threads: int | None = None
     device: str | torch.device | None = None
     allow_pickle: bool = False
+    include_hidden: bool = False
 
     def __post_init__(self) -> None:
         for name in ("workers", "threads"):
