@@ -20,7 +20,8 @@ from unlearnable.report import (
     plot_filenames,
     write_run_folder,
 )
-from unlearnable.verify import AttackResult, RunRecord, Thresholds, VerifyResult, validate_report
+from unlearnable.verify import AttackResult, RunRecord, Thresholds, VerifyResult
+from unlearnable.verify_schema import validate_report
 
 EPOCHS = 5
 SEEDS = [0, 1]

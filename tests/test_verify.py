@@ -21,9 +21,9 @@ from unlearnable.verify import (
     VerifyResult,
     protection_score,
     run_verification,
-    validate_report,
     verdict_for,
 )
+from unlearnable.verify_schema import validate_report
 
 SIZE = 16
 CLASSES = 4

@@ -29,7 +29,8 @@ from typing import Any, Literal
 
 from .io.atomic import atomic_write_bytes, atomic_write_text
 from .provenance import provenance
-from .verify import VerifyResult, validate_report
+from .verify import VerifyResult
+from .verify_schema import validate_report
 
 PlotBackend = Literal["auto", "pillow", "matplotlib"]
 
@@ -82,7 +83,7 @@ def write_run_folder(
     ``report.md`` into ``folder`` (created if needed; files of the same names are replaced).
 
     ``result`` is a :class:`VerifyResult` or a report dict (validated with
-    :func:`~unlearnable.verify.validate_report`; ``ValueError`` if it is not one).
+    :func:`~unlearnable.verify_schema.validate_report`; ``ValueError`` if it is not one).
     ``extra_config`` (JSON-serialisable) is stored under ``"run"`` in ``config.json``.
     Returns the folder's path.
     """

@@ -35,19 +35,21 @@ from .provenance import provenance
 from .training.callbacks import rows_to_csv
 
 
+def finite(obj: Any) -> Any:
+    """A copy of ``obj`` with non-finite floats (NaN, inf) replaced by ``None`` (strict JSON);
+    dicts, lists and tuples are copied recursively (tuples become lists)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {str(k): finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj
+
+
 def strict_json(obj: Any) -> str:
-    """Indented JSON text with non-finite floats as ``null`` (strict JSON), UTF-8 kept."""
-
-    def clean(value: Any) -> Any:
-        if isinstance(value, float):
-            return value if math.isfinite(value) else None
-        if isinstance(value, Mapping):
-            return {str(k): clean(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [clean(v) for v in value]
-        return value
-
-    return json.dumps(clean(obj), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    """Indented JSON text of :func:`finite` ``(obj)``, UTF-8 kept."""
+    return json.dumps(finite(obj), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
 
 
 class RunFolder:
@@ -106,4 +108,4 @@ class RunFolder:
         return target
 
 
-__all__ = ["RunFolder", "strict_json"]
+__all__ = ["RunFolder", "finite", "strict_json"]
