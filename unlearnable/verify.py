@@ -31,7 +31,6 @@ of any attack is undefined (an attack whose baseline did not learn could hide th
 
 from __future__ import annotations
 
-import platform
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -41,7 +40,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._version import __version__
 from .attacks.base import Attack, make_attack
 from .attacks.training import (
     TrainConfig,
@@ -52,6 +50,7 @@ from .attacks.training import (
 )
 from .errors import UsageError
 from .models import build_victim, check_victim_name
+from .provenance import provenance
 from .run_folder import finite
 
 SCHEMA = "unlearnable.verify-report"
@@ -396,12 +395,9 @@ def verdict_for(per: float, thresholds: Thresholds) -> str:
 
 
 def versions() -> dict[str, str]:
-    """Versions of unlearnable, torch and Python, for reports."""
-    return {
-        "unlearnable": __version__,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-    }
+    """Versions of unlearnable, torch and Python, for reports (see :func:`provenance`)."""
+    info = provenance()
+    return {name: info[name] for name in ("unlearnable", "torch", "python")}
 
 
 # --------------------------------------------------------------------------- running

@@ -23,11 +23,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .attacks.training import BUDGETS
 from .errors import UsageError
 from .verify import Thresholds, VerifyProgressCallback, VerifyResult
 
-#: The budget names :func:`verify_folders` accepts (see ``unlearnable.attacks.training.BUDGETS``).
-BUDGET_NAMES = ("smoke", "quick", "standard", "paper")
+#: The budget names :func:`verify_folders` accepts.
+BUDGET_NAMES = tuple(BUDGETS)
 DEVICE_HELP = "auto | cpu | cuda | cuda:N"
 INPUT_CHECKS = ("refuse", "warn", "off")
 
