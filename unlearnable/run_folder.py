@@ -52,6 +52,22 @@ def strict_json(obj: Any) -> str:
     return json.dumps(finite(obj), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
 
 
+def fresh_folder(base: Path) -> Path:
+    """``base``, or ``base-2``, ``base-3``... whichever does not exist yet."""
+    candidate, number = base, 1
+    while candidate.exists():
+        number += 1
+        candidate = base.with_name(f"{base.name}-{number}")
+    return candidate
+
+
+def default_run_folder(kind: str, base: Path = Path("unlearnable-runs")) -> Path:
+    """A new ``base/<kind>-YYYYMMDDTHHMMSS`` folder path (UTC; ``-2``, ``-3``... if taken): the
+    default output of every command that writes a run folder."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    return fresh_folder(base / f"{kind}-{stamp}")
+
+
 class RunFolder:
     """A run folder of one ``kind`` (``"scan"``, ``"freeze"``, ``"audit"``...), created on use."""
 
@@ -108,4 +124,4 @@ class RunFolder:
         return target
 
 
-__all__ = ["RunFolder", "finite", "strict_json"]
+__all__ = ["RunFolder", "default_run_folder", "finite", "fresh_folder", "strict_json"]

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from .attacks.training import BUDGETS
 from .errors import UsageError
+from .run_folder import default_run_folder
 from .verify import Thresholds, VerifyProgressCallback, VerifyResult
 
 #: The budget names :func:`verify_folders` accepts.
@@ -146,21 +146,6 @@ def build_attacks(names: tuple[str, ...] | list[str], ratio: float | None, pgd_s
     return attacks
 
 
-def default_run_folder(created: str, base: Path = Path("unlearnable-runs")) -> Path:
-    """``base/verify-YYYYMMDDTHHMMSS``, with ``-2``, ``-3``... when it exists already."""
-    stamp = created[:19].replace(":", "").replace("-", "")
-    return fresh_folder(base / f"verify-{stamp}")
-
-
-def fresh_folder(base: Path) -> Path:
-    """``base``, or ``base-2``, ``base-3``... whichever does not exist yet."""
-    candidate, number = base, 1
-    while candidate.exists():
-        number += 1
-        candidate = base.with_name(f"{base.name}-{number}")
-    return candidate
-
-
 def verify_folders(
     protected: str | Path,
     clean_train: str | Path,
@@ -207,12 +192,10 @@ def verify_folders(
         progress=load_progress,
         input_check=options.input_check,
     )
-    folder = (
-        Path(output)
-        if output is not None
-        else default_run_folder(datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    folder = Path(output) if output is not None else default_run_folder("verify")
+    saver = (
+        _ModelSaver(folder, victim, loaded.data.output_class_names) if options.save_models else None
     )
-    saver = _ModelSaver(folder, victim, loaded.data.output_class_names) if options.save_models else None
     result = run_verification(
         loaded.data,
         attacks,
@@ -280,8 +263,6 @@ __all__ = [
     "VerifyOptions",
     "VerifyRun",
     "build_attacks",
-    "default_run_folder",
-    "fresh_folder",
     "resolve_device",
     "verify_folders",
 ]

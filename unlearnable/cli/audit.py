@@ -160,11 +160,11 @@ def audit(
     done with --null-keys other keys, and the p-value is your key's rank among them. Exit code
     0: no evidence at --alpha; 3: evidence. The key itself is never printed or written.
     """
-    from datetime import datetime, timezone
 
     from ..audit import AuditConfig, audit_model, load_probes, verdict_text, write_audit_folder
     from ..io.manifest import read_manifest
-    from ..verify_run import fresh_folder, resolve_device
+    from ..run_folder import default_run_folder
+    from ..verify_run import resolve_device
 
     quiet = quiet or as_json
     key = load_key(key_path)
@@ -198,14 +198,7 @@ def audit(
         )
     if probes.skipped:
         result.notes.append(f"{len(probes.skipped)} unreadable probe files were skipped")
-    folder = (
-        Path(output)
-        if output is not None
-        else fresh_folder(
-            Path("unlearnable-runs")
-            / f"audit-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}"
-        )
-    )
+    folder = Path(output) if output is not None else default_run_folder("audit")
     write_audit_folder(
         result,
         folder,

@@ -59,7 +59,8 @@ def demo(
     from ..io.preview import write_preview
     from ..keys import write_key_file
     from ..protect import CudaConfig, RunOptions, protect_directory
-    from ..verify_run import VerifyOptions, fresh_folder
+    from ..run_folder import fresh_folder
+    from ..verify_run import VerifyOptions
 
     quiet = quiet or as_json
     folder = output or fresh_folder(Path("unlearnable-demo"))

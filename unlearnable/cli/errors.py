@@ -13,19 +13,13 @@ import os
 import click
 from rich.markup import escape
 
-from ..errors import EXIT_FAILURES, EXIT_INTERRUPTED, EXIT_USAGE, UnlearnableError
+from ..errors import EXIT_FAILURES, EXIT_INTERRUPTED, UnlearnableError
 from .common import err_console
 
 
 def print_error(message: str) -> None:
     """``error: message`` on stderr, unwrapped so it stays greppable."""
     err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
-
-
-def fail_usage(message: str) -> None:
-    """Print ``message`` and exit with the usage-error code (2)."""
-    print_error(message)
-    raise click.exceptions.Exit(EXIT_USAGE)
 
 
 class CommandGroup(click.Group):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from pathlib import Path
 
 import click
@@ -27,11 +26,10 @@ OPTIMIZERS = ("adamw", "sgd")  # = unlearnable.defenses.freeze_enforce.OPTIMIZER
 _folder = click.Path(exists=True, file_okay=False, path_type=Path)
 
 
-def _default_output(kind: str) -> Path:
-    from ..verify_run import fresh_folder
+def _default_run_folder(kind: str) -> Path:
+    from ..run_folder import default_run_folder
 
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
-    return fresh_folder(Path("unlearnable-runs") / f"{kind}-{stamp}")
+    return default_run_folder(kind)
 
 
 def _adapter_class(task: str, model_path: Path):
@@ -126,7 +124,7 @@ def freeze(
     model, adapter = adapter_class.open(model_path, model_file, config.device)
     ill = adapter.load_data(model, illegal, limit)
     leg = adapter.load_data(model, legal, limit)
-    output = output or _default_output("freeze")
+    output = output or _default_run_folder("freeze")
     with progress_bars(quiet or as_json, {"steps": "learning the mask"}) as bars:
 
         def progress(step, total, row):
@@ -230,7 +228,7 @@ def finetune(
     model, adapter = adapter_class.open(model_path, model_file, config.device)
     train = adapter.load_data(model, data, limit)
     test = adapter.load_data(model, test_dir, limit) if test_dir is not None else None
-    output = output or _default_output("finetune")
+    output = output or _default_run_folder("finetune")
     with progress_bars(quiet or as_json, {"epochs": "fine-tuning"}) as bars:
 
         def progress(epoch, total, row):

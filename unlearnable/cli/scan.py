@@ -178,12 +178,11 @@ def scan(
     MODEL may be our format, a state dict (--arch), a TorchScript or a torch.export archive
     (with --classes and --input-size).
     """
-    from datetime import datetime, timezone
 
     from ..defenses.detection import DetectionConfig
     from ..defenses.ebyd import ScanConfig, scan_model
     from ..defenses.ebyd_report import write_scan_folder
-    from ..verify_run import fresh_folder
+    from ..run_folder import default_run_folder
 
     config = ScanConfig(
         exposure=_exposure_config(exposure, lr, max_epochs, stop_accuracy, fixed_epochs, seed),
@@ -192,8 +191,7 @@ def scan(
         seed=seed,
     )
     if output is None:
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
-        output = fresh_folder(Path("unlearnable-runs") / f"scan-{stamp}")
+        output = default_run_folder("scan")
     with progress_bars(quiet or as_json, {"loading": "loading images"}) as bars:
         model, clean = _load(model_path, model_file, device, clean_dir, bars)
         result = scan_model(model, clean, config, progress=_on_epoch(bars))
