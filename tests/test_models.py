@@ -50,7 +50,7 @@ def test_torchvision_victim_small() -> None:
     # ImageNet statistics, from the one definition that surrogates use too
     assert torch.allclose(model[0].mean.flatten(), torch.tensor(IMAGENET_MEAN))
     assert torch.allclose(model[0].std.flatten(), torch.tensor(IMAGENET_STD))
-    from unlearnable.protect import surrogate
+    from unlearnable.protect import surrogate_loaders as surrogate
 
     assert surrogate.IMAGENET_MEAN is IMAGENET_MEAN and surrogate.IMAGENET_STD is IMAGENET_STD
 

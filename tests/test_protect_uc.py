@@ -19,8 +19,7 @@ from unlearnable.cli import main
 from unlearnable.io.manifest import MANIFEST_NAME
 from unlearnable.io.runner import discover_and_check
 from unlearnable.models import build_victim
-from unlearnable.protect import surrogate as surrogate_module
-from unlearnable.protect import uc_pipeline
+from unlearnable.protect import surrogate_loaders, uc_pipeline
 from unlearnable.protect.surrogate import WeakSurrogateWarning
 from unlearnable.protect.uc_pipeline import (
     CLUSTER_STATE_NAME,
@@ -308,8 +307,8 @@ def test_offline_hub_fails_fast_without_touching_the_network(monkeypatch):
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(surrogate_module, "_network_reachable", lambda url, timeout: False)
-    with surrogate_module._hub_offline_when_unreachable() as offline:
+    monkeypatch.setattr(surrogate_loaders, "_network_reachable", lambda url, timeout: False)
+    with surrogate_loaders._hub_offline_when_unreachable() as offline:
         assert offline and constants.HF_HUB_OFFLINE
     assert constants.HF_HUB_OFFLINE is False
 

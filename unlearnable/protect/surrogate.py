@@ -45,162 +45,61 @@ once with a :class:`SurrogateError` (instead of about a minute of retries).
 Embeddings are the raw (not L2-normalised) outputs: ``encode_image(normalize=False)`` for
 open_clip, the penultimate activations for torchvision. UC clusters and anchors live in this
 space (see :mod:`unlearnable.protect.clusters`).
+
+Layout: :class:`Surrogate` and the errors live in :mod:`.surrogate_model`, the loaders in
+:mod:`.surrogate_loaders`; this module dispatches specs to them, wraps your own modules and
+extracts features (the public names are all importable from here).
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
-import os
-import socket
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlparse
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..checkpoints import UntrustedPickleError, read_state_dict
-from ..errors import ModelFileError, UsageError
 from ..imageops import resize_center_crop
-from ..models import IMAGENET_MEAN, IMAGENET_STD
+from .surrogate_loaders import (
+    NETWORK_PROBE_SECONDS,
+    PICKLE_SUFFIXES,
+    RANDOM_INIT_SEED,
+    SAFE_SUFFIXES,
+    TINY_RANDOM_CONFIG,
+    _check_open_clip_name,
+    _load_open_clip_local,
+    _load_open_clip_pretrained,
+    _load_random_open_clip,
+    _load_torchvision,
+    _looks_like_path,
+    _missing_tag_message,
+    _refuse_input_size,
+    _replace_last_linear,
+    torchvision_weights_only,
+)
+from .surrogate_model import Surrogate, SurrogateError, WeakSurrogateWarning, _check_float_images
+
+__all__ = [
+    "NETWORK_PROBE_SECONDS",
+    "PICKLE_SUFFIXES",
+    "RANDOM_INIT_SEED",
+    "SAFE_SUFFIXES",
+    "TINY_RANDOM_CONFIG",
+    "ProgressCallback",
+    "Surrogate",
+    "SurrogateError",
+    "WeakSurrogateWarning",
+    "extract_features",
+    "load_surrogate",
+    "resize_center_crop",
+    "surrogate_from_module",
+    "torchvision_weights_only",
+]
 
 ProgressCallback = Callable[[int, int | None], None]
 """``progress(done, total)``; ``total`` is ``None`` when it is not known in advance."""
-
-RANDOM_INIT_SEED = 0
-"""Seed of the CPU generator used (inside ``fork_rng``) to initialise random surrogates."""
-
-TINY_RANDOM_CONFIG: dict = {
-    "embed_dim": 64,
-    "vision_cfg": {
-        "image_size": 32,
-        "layers": 2,
-        "width": 64,
-        "head_width": 32,
-        "patch_size": 8,
-        "mlp_ratio": 2.0,
-    },
-}
-"""open_clip config of the default ``random`` surrogate: a ViT small enough for CPU tests."""
-
-# A small text tower: open_clip always builds one, we drop it right away.
-_TINY_TEXT_CONFIG = {"context_length": 8, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1}
-
-SAFE_SUFFIXES = (".safetensors",)
-PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
-
-NETWORK_PROBE_SECONDS = 3.0
-"""How long the Hugging Face endpoint is probed before open_clip downloads pretrained weights."""
-
-
-class SurrogateError(UsageError, RuntimeError):
-    """A surrogate spec cannot be parsed or its weights cannot be loaded."""
-
-
-class WeakSurrogateWarning(UserWarning):
-    """The surrogate has random weights: fine for tests, weak as a protection."""
-
-
-# --------------------------------------------------------------------------------------------
-# Image preparation
-# --------------------------------------------------------------------------------------------
-
-
-def _check_float_images(images: Tensor) -> None:
-    if not torch.is_tensor(images) or not images.is_floating_point():
-        raise TypeError("images must be a float tensor with values in [0, 1]")
-    if images.ndim != 4 or images.shape[1] not in (1, 3):
-        raise ValueError(
-            f"expected images of shape (B, 1 or 3, H, W), got {tuple(images.shape)} "
-            "(drop the alpha channel before calling)"
-        )
-
-
-# --------------------------------------------------------------------------------------------
-# The surrogate module
-# --------------------------------------------------------------------------------------------
-
-
-class Surrogate(nn.Module):
-    """A frozen feature extractor with its own preprocessing.
-
-    Attributes: ``name`` (human readable), ``spec`` (what it was loaded from), ``input_size``
-    (square side in pixels), ``embed_dim`` (D), ``cache_id`` (identifies the weights for the
-    feature cache: the spec plus the input size and, for local files, their SHA-256; for random
-    weights also the torch and open_clip versions).
-    """
-
-    def __init__(
-        self,
-        backbone: nn.Module,
-        *,
-        name: str,
-        spec: str,
-        input_size: int,
-        embed_dim: int,
-        mean: Sequence[float],
-        std: Sequence[float],
-        weights_id: str,
-    ) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.name = name
-        self.spec = spec
-        self.input_size = int(input_size)
-        self.embed_dim = int(embed_dim)
-        self.cache_id = f"{spec}|size={self.input_size}|{weights_id}"
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
-        for parameter in self.parameters():
-            parameter.requires_grad_(False)
-        super().train(False)
-
-    def train(self, mode: bool = True) -> Surrogate:
-        """A surrogate stays in eval mode (frozen BN/dropout); ``train(True)`` is ignored."""
-        return super().train(False)
-
-    @property
-    def device(self) -> torch.device:
-        return self.mean.device
-
-    def prepare(self, images: Tensor) -> Tensor:
-        """``(B, 1|3, H, W)`` float [0, 1] -> ``(B, 3, S, S)`` on the surrogate's device.
-
-        Grey images are repeated to three channels; non-square images are centre-cropped; the
-        result is resized to ``S = input_size`` (bilinear, antialiased). Differentiable.
-        """
-        _check_float_images(images)
-        images = images.to(device=self.device, dtype=torch.float32)
-        if images.shape[1] == 1:
-            images = images.expand(-1, 3, -1, -1)
-        if images.shape[-2:] != (self.input_size, self.input_size):
-            images = resize_center_crop(images, self.input_size)
-        return images
-
-    def embed(self, prepared: Tensor) -> Tensor:
-        """``(B, 3, S, S)`` float [0, 1] (from :meth:`prepare`) -> ``(B, D)`` float32."""
-        out = self.backbone((prepared - self.mean) / self.std)
-        if isinstance(out, (tuple, list)):
-            out = out[0]
-        return out.float()
-
-    def features(self, images: Tensor) -> Tensor:
-        """``(B, 1|3, H, W)`` float [0, 1] -> embeddings ``(B, D)`` float32 (not normalised).
-
-        Differentiable with respect to ``images``; the images are not modified.
-        """
-        return self.embed(self.prepare(images))
-
-    def forward(self, images: Tensor) -> Tensor:  # noqa: D102
-        return self.features(images)
-
-    def extra_repr(self) -> str:
-        return f"name={self.name!r}, input_size={self.input_size}, embed_dim={self.embed_dim}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -249,384 +148,6 @@ def load_surrogate(
         else:
             surrogate = _load_open_clip_pretrained(spec, model_name, rest, cache_dir)
     return surrogate.to(device)
-
-
-def _refuse_input_size(spec: str, input_size: int | None) -> None:
-    if input_size is not None:
-        raise SurrogateError(
-            f"input_size can only be set for random surrogates; {spec!r} runs at its native size"
-        )
-
-
-def _looks_like_path(text: str) -> bool:
-    lowered = text.lower()
-    return (
-        "/" in text
-        or "\\" in text
-        or lowered.endswith(SAFE_SUFFIXES + PICKLE_SUFFIXES)
-        or os.path.exists(text)
-    )
-
-
-def _missing_tag_message(model_name: str) -> str:
-    import open_clip
-
-    tags = open_clip.list_pretrained_tags_by_model(model_name)
-    hint = f" (tags for {model_name}: {', '.join(tags)})" if tags else ""
-    return (
-        f"surrogate {model_name!r} needs weights: write MODEL:TAG (e.g. 'ViT-B-32:openai'), "
-        f"MODEL:/path/to/weights.safetensors, 'tv:resnet50', or 'random' for tests{hint}"
-    )
-
-
-def _check_open_clip_name(model_name: str) -> None:
-    import open_clip
-
-    if model_name not in open_clip.list_models():
-        raise SurrogateError(
-            f"unknown open_clip model {model_name!r}; see open_clip.list_models() "
-            "(e.g. ViT-B-32, RN50), or use 'tv:NAME' for torchvision models"
-        )
-
-
-class _DropOpenClipLogs(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "open_clip" not in record.pathname
-
-
-@contextmanager
-def _quiet_open_clip() -> Iterator[None]:
-    """Silence open_clip's root-logger chatter ("initialized randomly", download errors that we
-    re-raise with our own message) for the duration of a model build."""
-    root = logging.getLogger()
-    log_filter = _DropOpenClipLogs()
-    root.addFilter(log_filter)
-    try:
-        yield
-    finally:
-        root.removeFilter(log_filter)
-
-
-@contextmanager
-def _seeded_init() -> Iterator[None]:
-    """Draw module initialisations from :data:`RANDOM_INIT_SEED`, restoring the global CPU RNG."""
-    with torch.random.fork_rng(devices=[]):
-        torch.default_generator.manual_seed(RANDOM_INIT_SEED)
-        yield
-
-
-def _image_size(visual: nn.Module, fallback: int) -> int:
-    size = getattr(visual, "image_size", fallback)
-    if isinstance(size, (tuple, list)):
-        if size[0] != size[-1]:
-            raise SurrogateError(f"non-square surrogate input {tuple(size)} is not supported")
-        size = size[0]
-    return int(size)
-
-
-def _open_clip_surrogate(model: nn.Module, *, name: str, spec: str, weights_id: str) -> Surrogate:
-    import open_clip
-
-    visual = model.visual
-    cfg = open_clip.get_model_preprocess_cfg(model)
-    size = _image_size(visual, 224)
-    mean = tuple(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN))
-    std = tuple(cfg.get("std", open_clip.OPENAI_DATASET_STD))
-    with torch.no_grad():
-        probe = torch.zeros(1, 3, size, size)
-        out = visual.eval()(probe)
-        embed_dim = (out[0] if isinstance(out, (tuple, list)) else out).shape[-1]
-    return Surrogate(
-        visual,
-        name=name,
-        spec=spec,
-        input_size=size,
-        embed_dim=embed_dim,
-        mean=mean,
-        std=std,
-        weights_id=weights_id,
-    )
-
-
-def _load_random_open_clip(spec: str, model_name: str, input_size: int | None) -> Surrogate:
-    import open_clip
-
-    warnings.warn(
-        f"surrogate {spec!r} has random weights: the clusters and perturbations it gives are a "
-        "weak protection; use a pretrained surrogate (e.g. 'RN50:openai') for real data",
-        WeakSurrogateWarning,
-        stacklevel=3,
-    )
-    kwargs: dict = {}
-    if model_name == "tiny":
-        base = "RN50"  # any built-in name; its config is replaced by the overrides below
-        kwargs.update(TINY_RANDOM_CONFIG)
-        kwargs["text_cfg"] = _TINY_TEXT_CONFIG
-        if input_size is not None:
-            kwargs["vision_cfg"] = {**TINY_RANDOM_CONFIG["vision_cfg"], "image_size": input_size}
-    else:
-        _check_open_clip_name(model_name)
-        base = model_name
-        if input_size is not None:
-            kwargs["force_image_size"] = input_size
-    with _quiet_open_clip(), _seeded_init():
-        try:
-            model = open_clip.create_model(base, pretrained=None, **kwargs)
-        except Exception as exc:  # open_clip raises assorted errors for bad sizes
-            raise SurrogateError(f"cannot build random surrogate {spec!r}: {exc}") from exc
-    versions = f"random-seed={RANDOM_INIT_SEED}|torch={torch.__version__}|open_clip={open_clip.__version__}"
-    return _open_clip_surrogate(
-        model, name=f"open_clip {model_name} (random init)", spec=spec, weights_id=versions
-    )
-
-
-def _load_open_clip_pretrained(
-    spec: str, model_name: str, tag: str | None, cache_dir: str | None
-) -> Surrogate:
-    import open_clip
-
-    if tag is not None and not open_clip.is_pretrained_cfg(model_name, tag):
-        tags = open_clip.list_pretrained_tags_by_model(model_name)
-        raise SurrogateError(
-            f"unknown pretrained tag {tag!r} for open_clip model {model_name!r}; "
-            f"known tags: {', '.join(tags) or 'none'} (or give a path to a local checkpoint)"
-        )
-    with _quiet_open_clip(), _seeded_init(), _hub_offline_when_unreachable() as offline:
-        try:
-            model = open_clip.create_model(
-                model_name, pretrained=tag, cache_dir=cache_dir, weights_only=True
-            )
-        except Exception as exc:
-            reason = (
-                "no network (the Hugging Face hub cannot be reached, or HF_HUB_OFFLINE is set) "
-                "and the weights are not in the local cache"
-                if offline
-                else str(exc)
-            )
-            raise SurrogateError(
-                f"could not load the pretrained surrogate {spec!r}: {reason}\n"
-                "The weights are downloaded on first use, which needs network access. "
-                "For offline use: download them once on a connected machine (open_clip caches "
-                "them under ~/.cache/huggingface or ~/.cache/clip, or cache_dir), or pass a local "
-                "checkpoint as MODEL:/path/to/weights.safetensors. HF_HUB_OFFLINE=1 skips the "
-                "network check and uses the local cache only. For tests only, the 'random' "
-                "surrogate needs no download (weak protection)."
-            ) from exc
-    return _open_clip_surrogate(
-        model, name=f"open_clip {model_name} ({tag or 'hub'})", spec=spec, weights_id="pretrained"
-    )
-
-
-def _network_reachable(url: str, timeout: float) -> bool:
-    """Whether a TCP connection to ``url``'s host and port opens within ``timeout`` seconds."""
-    parsed = urlparse(url)
-    if not parsed.hostname:
-        return False
-    port = parsed.port or (80 if parsed.scheme == "http" else 443)
-    try:
-        with socket.create_connection((parsed.hostname, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-@contextmanager
-def _hub_offline_when_unreachable() -> Iterator[bool]:
-    """Yield whether the Hugging Face hub is used offline (local cache only) for this block.
-
-    If ``HF_HUB_OFFLINE`` is already set, yields True. Otherwise the hub endpoint is probed
-    (:data:`NETWORK_PROBE_SECONDS`); when it is unreachable, ``huggingface_hub``'s offline flag is
-    set for the block and restored afterwards, so a cached file loads and a missing one fails at
-    once rather than after retries with back-off.
-    """
-    try:
-        from huggingface_hub import constants
-    except ImportError:  # open_clip then downloads from plain URLs
-        yield False
-        return
-    if constants.HF_HUB_OFFLINE:
-        yield True
-        return
-    if _network_reachable(constants.ENDPOINT, NETWORK_PROBE_SECONDS):
-        yield False
-        return
-    constants.HF_HUB_OFFLINE = True
-    try:
-        yield True
-    finally:
-        constants.HF_HUB_OFFLINE = False
-
-
-def _load_open_clip_local(spec: str, model_name: str, path: Path, allow_pickle: bool) -> Surrogate:
-    import open_clip
-
-    state, digest = _read_state_dict(path, allow_pickle)
-    with _quiet_open_clip(), _seeded_init():
-        model = open_clip.create_model(model_name, pretrained=None)
-    visual_state = _visual_entries(state)
-    try:
-        model.visual.load_state_dict(visual_state, strict=True)
-    except RuntimeError as exc:
-        raise SurrogateError(
-            f"checkpoint {path} does not fit the open_clip {model_name} visual tower: {exc}"
-        ) from exc
-    return _open_clip_surrogate(
-        model,
-        name=f"open_clip {model_name} ({path.name})",
-        spec=spec,
-        weights_id=f"sha256={digest}",
-    )
-
-
-def _visual_entries(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """The visual-tower part of a (whole-CLIP or visual-only) state dict."""
-    if any(key.startswith("visual.") for key in state):
-        return {
-            key[len("visual.") :]: value
-            for key, value in state.items()
-            if key.startswith("visual.")
-        }
-    return state
-
-
-def _read_state_dict(path: Path, allow_pickle: bool) -> tuple[dict[str, Tensor], str]:
-    """Read a weights file with :func:`unlearnable.checkpoints.read_state_dict` (safetensors, or
-    with ``allow_pickle`` a pickle read by ``torch.load(weights_only=True)``; the format is
-    judged by content). Returns the state dict and the file's SHA-256."""
-    try:
-        weights = read_state_dict(path, trust_pickle=allow_pickle)
-    except UntrustedPickleError as exc:
-        raise SurrogateError(
-            f"refusing to load {path}: it is a pickle-based file and loading one can run "
-            "arbitrary code. Convert it to .safetensors, or, if you trust the file, allow it "
-            "explicitly (allow_pickle=True / --allow-pickle)."
-        ) from exc
-    except ModelFileError as exc:
-        raise SurrogateError(str(exc)) from exc
-    return weights.tensors, weights.sha256
-
-
-def _replace_last_linear(model: nn.Module) -> int:
-    """Replace the last ``nn.Linear`` (the classifier) by ``nn.Identity``; return its in_features."""
-    last_name = None
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear):
-            last_name = name
-    if last_name is None:
-        raise SurrogateError("this torchvision model has no linear classifier to strip")
-    parent_name, _, child = last_name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    in_features = parent.get_submodule(child).in_features
-    setattr(parent, child, nn.Identity())
-    return int(in_features)
-
-
-def _load_torchvision(spec: str, *, allow_pickle: bool, input_size: int | None) -> Surrogate:
-    import torchvision
-
-    _, _, rest = spec.partition(":")
-    name, _, weights = rest.partition(":")
-    if name not in torchvision.models.list_models(module=torchvision.models):
-        raise SurrogateError(
-            f"unknown torchvision classification model {name!r}; "
-            "see torchvision.models.list_models()"
-        )
-    try:
-        default = torchvision.models.get_model_weights(name).DEFAULT
-        preset = default.transforms()
-        native = int(preset.crop_size[0])
-        mean, std = tuple(preset.mean), tuple(preset.std)
-    except Exception:  # a model without published weights
-        default, native, mean, std = None, 224, IMAGENET_MEAN, IMAGENET_STD
-    random_init = weights == "random"
-    if input_size is not None and not random_init:
-        _refuse_input_size(spec, input_size)
-    size = input_size or native
-    with _seeded_init():
-        if random_init:
-            warnings.warn(
-                f"surrogate {spec!r} has random weights: a weak protection, for tests only",
-                WeakSurrogateWarning,
-                stacklevel=3,
-            )
-            model = torchvision.models.get_model(name, weights=None)
-            weights_id = f"random-seed={RANDOM_INIT_SEED}|torch={torch.__version__}|torchvision={torchvision.__version__}"
-        elif weights and weights != "default" and not _looks_like_path(weights):
-            try:  # a named weights enum entry, e.g. tv:resnet50:IMAGENET1K_V1
-                with torchvision_weights_only():
-                    model = torchvision.models.get_model(name, weights=weights)
-            except Exception as exc:
-                raise SurrogateError(
-                    f"could not load torchvision weights {weights!r} for {name}: {exc} "
-                    "(unknown name, or no network to download them; see the offline hints for "
-                    f"'tv:{name}')"
-                ) from exc
-            weights_id = f"weights={weights}"
-        elif weights and weights != "default":
-            path = Path(weights)
-            state, digest = _read_state_dict(path, allow_pickle)
-            model = torchvision.models.get_model(name, weights=None)
-            try:
-                model.load_state_dict(state, strict=True)
-            except RuntimeError as exc:
-                raise SurrogateError(
-                    f"checkpoint {path} does not fit torchvision {name}: {exc}"
-                ) from exc
-            weights_id = f"sha256={digest}"
-        else:
-            if default is None:
-                raise SurrogateError(
-                    f"torchvision {name} has no pretrained weights; use {spec}:random"
-                )
-            try:
-                with torchvision_weights_only():
-                    model = torchvision.models.get_model(name, weights="DEFAULT")
-            except Exception as exc:
-                raise SurrogateError(
-                    f"could not load the pretrained surrogate {spec!r}: {exc}\n"
-                    "torchvision downloads the weights on first use, which needs network access. "
-                    "For offline use: download them once on a connected machine (cached under "
-                    "~/.cache/torch/hub/checkpoints), or pass local weights as "
-                    f"'tv:{name}:/path/to/weights.safetensors'. For tests only, "
-                    f"'tv:{name}:random' or 'random' need no download (weak protection)."
-                ) from exc
-            weights_id = f"weights={default}"
-    embed_dim = _replace_last_linear(model)
-    return Surrogate(
-        model,
-        name=f"torchvision {name} ({weights or 'DEFAULT'})",
-        spec=spec,
-        input_size=size,
-        embed_dim=embed_dim,
-        mean=mean,
-        std=std,
-        weights_id=weights_id,
-    )
-
-
-@contextmanager
-def torchvision_weights_only() -> Iterator[None]:
-    """Make torchvision's pretrained-weights loader unpickle with ``weights_only=True``.
-
-    ``get_model(name, weights=...)`` reads the downloaded (or cached, under
-    ``~/.cache/torch/hub/checkpoints``) file with ``torch.hub.load_state_dict_from_url``, whose
-    default is ``weights_only=False``: a file planted in the cache would run code. Every
-    torchvision builder loads through ``WeightsEnum.get_state_dict``, so in this block that
-    method passes ``weights_only=True`` (a planted pickle fails with an error instead).
-    """
-    from torchvision.models._api import WeightsEnum
-
-    original = WeightsEnum.__dict__["get_state_dict"]
-
-    def get_state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        kwargs["weights_only"] = True
-        return original(self, *args, **kwargs)
-
-    WeightsEnum.get_state_dict = get_state_dict
-    try:
-        yield
-    finally:
-        WeightsEnum.get_state_dict = original
 
 
 def _weights_digest(module: nn.Module) -> str:
