@@ -33,14 +33,35 @@ REPO = Path(__file__).resolve().parents[1]
 # Runs the CLI with 2 files per chunk and, with --workers 1, sends itself SIGNAL at a point
 # ("none:0": never): "chunk:N" before the N-th chunk (0: before any file), "written:N" after
 # the N-th output file is in place but before its record reached the journal, "renaming:N"
-# between writing the N-th temporary file and renaming it.
+# between writing the N-th temporary file and renaming it. With worker processes, "submit:N"
+# sends SIGNAL to the whole process group (as a terminal's Ctrl-C does) while the N-th chunk is
+# handed to the pool, that is while the pool starts its workers, and a thread idles beside the
+# main one (as a progress bar's does; the kernel may deliver the signal to it); "worker:0" sends
+# it from each worker as it starts (before the pool's initializer runs there). The environment
+# variable CHUNK_SECONDS slows every chunk by that many seconds, in the workers too (test only).
 WRAPPER = textwrap.dedent(
     """
-    import os, signal, sys
+    import os, signal, sys, threading, time
+    from concurrent.futures import ProcessPoolExecutor
     import unlearnable.io.runner as runner
     import unlearnable.io.work as work
 
-    counts = {"chunk": 0, "written": 0, "renaming": 0}
+    counts = {"chunk": 0, "written": 0, "renaming": 0, "submit": 0}
+    CHUNK_SECONDS = float(os.environ.get("CHUNK_SECONDS", "0"))
+
+    def slow_chunk(context, chunk):  # module level: the spawned workers find it by name
+        time.sleep(CHUNK_SECONDS)
+        return work.process_chunk(context, chunk)
+
+    if __name__ == "__mp_main__" and sys.argv[1] == "worker:0":  # a worker, before it starts
+        os.kill(os.getpid(), getattr(signal, sys.argv[2]))  # its own first: a worker that does
+        os.killpg(0, getattr(signal, sys.argv[2]))  # not hold it stops here with a traceback
+
+    def submit(self, *args, **kwargs):
+        if counts["submit"] == number:
+            os.killpg(0, sig)  # the signal is in flight while the pool starts
+        counts["submit"] += 1
+        return real_submit(self, *args, **kwargs)
 
     def hit(kind):
         if kind == point:
@@ -70,7 +91,12 @@ WRAPPER = textwrap.dedent(
         point, number = sys.argv[1].split(":")
         number, sig = int(number), getattr(signal, sys.argv[2])
         runner.CHUNK_FILES = 2
-        if point != "none":  # the hooks run in this process: --workers 1
+        if CHUNK_SECONDS:
+            runner.process_chunk = slow_chunk
+        if point == "submit":
+            real_submit, ProcessPoolExecutor.submit = ProcessPoolExecutor.submit, submit
+            threading.Thread(target=time.sleep, args=(600,), daemon=True).start()
+        elif point != "none":  # the hooks run in this process: --workers 1
             real_chunk, runner.process_chunk = runner.process_chunk, process_chunk
             real_write, work.atomic_write_bytes = work.atomic_write_bytes, atomic_write_bytes
         from unlearnable.cli import main
@@ -163,13 +189,14 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, reference
     _assert_same_as_reference(out, reference_out)
 
 
-def test_ctrl_c_with_worker_processes_stops_quietly_and_resumes(tmp_path, reference):
-    """SIGINT to the whole process group (as a terminal sends it), workers included."""
-    source, key, reference_out = reference
-    out = tmp_path / "out"
+def _stop_with_workers(tmp_path: Path, source, key, out, point: str, sig: str) -> tuple[int, str]:
+    """Run with 2 worker processes and slow chunks; send ``sig`` to the whole process group at
+    ``point`` ("submit:N" or "worker:0" from inside, "journal": SIGINT from here once the
+    journal exists)."""
     script = tmp_path / "wrapper.py"
     script.write_text(WRAPPER)
-    command = [sys.executable, str(script), "none:0", "SIGINT", "protect", str(source)]
+    hook = "none:0" if point == "journal" else point
+    command = [sys.executable, str(script), hook, sig, "protect", str(source)]
     command += ["-o", str(out), "--key", str(key), "-q", "--workers", "2"]
     process = subprocess.Popen(
         command,
@@ -177,19 +204,40 @@ def test_ctrl_c_with_worker_processes_stops_quietly_and_resumes(tmp_path, refere
         stderr=subprocess.PIPE,
         text=True,
         cwd=REPO,
-        start_new_session=True,
+        start_new_session=True,  # its own process group, as a terminal gives a command
+        env={**os.environ, "CHUNK_SECONDS": "5"},  # 5 chunks: the run outlasts the signal
     )
-    deadline = time.monotonic() + 60
-    while not (out / JOURNAL_NAME).exists() and process.poll() is None:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    os.killpg(process.pid, signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
-    if process.returncode == 0:  # the run finished first: nothing left to resume
-        pytest.skip("the run finished before the signal arrived")
-    assert process.returncode == 130, stderr
+    if point == "journal":
+        deadline = time.monotonic() + 60
+        while not (out / JOURNAL_NAME).exists() and process.poll() is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    return process.returncode, stderr
+
+
+@pytest.mark.parametrize(
+    ("point", "sig"),
+    [
+        ("journal", "SIGINT"),  # the journal is written; the pool starts now or soon
+        ("submit:0", "SIGINT"),  # while the pool is being started, before any worker exists
+        ("submit:1", "SIGINT"),  # while the pool is being started, its first worker starting
+        ("worker:0", "SIGINT"),  # while a worker imports, before it was told to ignore Ctrl-C
+        ("submit:1", "SIGTERM"),  # SIGTERM stops the run as Ctrl-C does
+    ],
+)
+def test_ctrl_c_with_worker_processes_stops_quietly_and_resumes(tmp_path, reference, point, sig):
+    """SIGINT to the whole process group (as a terminal sends it), workers included, at any
+    moment of the pool's life: exit 130, one line, and a folder that resumes."""
+    source, key, reference_out = reference
+    out = tmp_path / "out"
+    returncode, stderr = _stop_with_workers(tmp_path, source, key, out, point, sig)
+    assert returncode == 130, stderr
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
-    assert len([line for line in stderr.splitlines() if line.strip()]) == 1, stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "--resume" in lines[0], stderr
+    assert (out / JOURNAL_NAME).exists() and not (out / MANIFEST_NAME).exists()
     again = _resume(source, key, out)
     assert again.exit_code == 0, again.output
     _assert_same_as_reference(out, reference_out)

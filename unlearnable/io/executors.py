@@ -16,7 +16,9 @@ main process gets the ``KeyboardInterrupt``. When the caller stops iterating ear
 Ctrl-C, ``break``), the pool's queued items are cancelled and its workers terminated at once, so
 nothing keeps running and no worker prints a traceback. A worker killed mid-item may leave a
 temporary file (see :func:`unlearnable.io.atomic.remove_stale_temporaries`), never a partial
-output.
+output. A Ctrl-C (or a SIGTERM turned into one) while the pool starts its workers is held until
+the pool is complete and then raised (see :func:`_interrupts_held`), so it is never lost and
+never leaves a worker the pool does not know about.
 """
 
 from __future__ import annotations
@@ -97,7 +99,7 @@ class ProcessExecutor:
         )
         finished = False
         try:
-            with _sigint_ignored():  # spawned while ignored: the workers inherit it
+            with _interrupts_held():  # spawned with SIGINT blocked: the workers inherit it
                 futures = {pool.submit(_run_in_worker, item): item for item in items}
             for future in as_completed(futures):
                 try:
@@ -127,22 +129,40 @@ def stop_pool(pool: _Pool) -> None:
 
 
 @contextmanager
-def _sigint_ignored() -> Iterator[None]:
-    """Start workers in this block with SIGINT ignored (they inherit that through exec) without
-    losing a Ctrl-C: the signal is blocked meanwhile and delivered to this process after it."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+def _interrupts_held() -> Iterator[None]:
+    """Start worker processes in this block: they start with SIGINT blocked (inherited through
+    fork and exec), so a Ctrl-C before :func:`_init_worker` ignores it is no traceback in a
+    worker, while this process loses no Ctrl-C or SIGTERM.
+
+    The signal mask is per thread: SIGINT is blocked in this thread only, so the kernel may
+    deliver a Ctrl-C to another thread (torch's, a progress bar's). Its disposition therefore
+    stays a Python handler, never SIG_IGN (which dropped such a signal): in the main thread the
+    Python handlers of SIGINT and SIGTERM are replaced by one that only notes the signal, so no
+    ``KeyboardInterrupt`` lands half-way through starting the pool; after the block the noted
+    signals are raised again, to the handlers that were there before.
+    """
+    noted: list[int] = []
+
+    def note(signum: int, frame: object) -> None:
+        noted.append(signum)
+
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            if callable(signal.getsignal(signum)):  # SIG_DFL / SIG_IGN stay as they are
+                previous[signum] = signal.signal(signum, note)
     blocking = hasattr(signal, "pthread_sigmask")
     if blocking:
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
         if blocking:
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a pending SIGINT arrives: noted
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(noted):
+            signal.raise_signal(signum)  # the earlier handler: KeyboardInterrupt, as a rule
 
 
 def default_workers() -> int:
@@ -158,6 +178,8 @@ _WORKER: tuple[Callable[[Any, Any], Any], Any] | None = None
 def _init_worker(function: Callable[[Any, Any], Any], context: Any) -> None:
     global _WORKER
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process handles Ctrl-C
+    if hasattr(signal, "pthread_sigmask"):  # blocked since the start (_interrupts_held)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # ignored from now on
     import torch
 
     torch.set_num_threads(1)
