@@ -55,15 +55,31 @@ def test_non_utf8_file_name_is_protected_and_recorded_losslessly(tmp_path, runne
     assert again.exit_code == 0 and json.loads(again.output)["resumed"] == 3
 
 
-def test_non_utf8_label_folder_is_refused_with_one_message(tmp_path, runner, key_file):
+def test_non_utf8_label_folder_is_a_per_file_problem_and_the_run_goes_on(
+    tmp_path, runner, key_file
+):
     source = make_labelled_folder(tmp_path / "in", per_class=1)
     os.mkdir(os.fsencode(source) + b"/caf\xe9")
     _save_bytes_name(source / os.fsdecode(b"caf\xe9"), b"x.png", random_image(seed=6))
+    before = tree_digest(source)
     out = tmp_path / "out"
     result = protect(runner, source, "-o", out, "--key", key_file)
-    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.exit_code == 1 and "Traceback" not in result.output  # 1: some files failed
     assert "UTF-8" in result.output and "636166e9" in result.output
-    assert not out.exists()
+    raw = json.loads((out / MANIFEST_NAME).read_bytes().decode("utf-8"))
+    assert raw["labels"]["classes"] == {"cat": 0, "dog": 1}  # no label made of bad bytes
+    odd = next(r for r in raw["files"] if "path_bytes" in r)
+    assert bytes.fromhex(odd["path_bytes"]) == b"caf\xe9/x.png"  # recorded losslessly
+    assert odd["status"] == "error" and "636166e9" in odd["error"]
+    assert [r["status"] for r in raw["files"] if r is not odd] == ["ok", "ok"]
+    assert (out / "cat" / "img0.png").exists() and not os.path.exists(
+        os.fsencode(out) + b"/caf\xe9"
+    )
+    assert tree_digest(source) == before
+    again = runner.invoke(
+        main, ["protect", str(source), "-o", str(out), "--key", str(key_file), "--resume", "--json"]
+    )
+    assert again.exit_code == 1 and json.loads(again.output)["resumed"] == 2
 
 
 def test_names_at_the_file_system_limit_are_written(tmp_path, runner, key_file):

@@ -2,7 +2,10 @@
 
 Label sources (``--labels``):
 
-* ``folders``: ImageFolder layout; a file's label is the name of its top-level subfolder.
+* ``folders``: ImageFolder layout; a file's label is the name of its top-level subfolder. A
+  subfolder whose name is not valid UTF-8 (bytes of another encoding) gives no label: its files
+  are listed in ``problems`` (a label's protection is derived from its text), and the file
+  names themselves are kept losslessly by the manifest (``path_bytes``).
 * ``single``: one label (``all``) for the whole folder, e.g. one person's photos.
 * ``FILE.csv``: rows ``relative/path.jpg,label`` (an optional header ``path,label``).
 * ``auto`` (default): ``folders`` when images sit in subfolders, else ``single``.
@@ -14,12 +17,14 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
 from .errors import InputError
+from .io.manifest import display_name, is_utf8
 
 SINGLE_LABEL = "all"
 
@@ -50,10 +55,14 @@ def assign_labels(root: Path, files: list[str], source: str = "auto") -> LabelAs
     if source == "folders":
         assignment = LabelAssignment("folders")
         for f in files:
-            if "/" in f:
-                assignment.labels[f] = f.split("/", 1)[0]
-            else:
+            if "/" not in f:
                 assignment.problems[f] = "not inside a class subfolder, so it has no label"
+                continue
+            label = f.split("/", 1)[0]
+            if is_utf8(label):
+                assignment.labels[f] = label
+            else:
+                assignment.problems[f] = non_utf8_label_message(label)
         return assignment
     if source == "clusters":
         raise LabelError(
@@ -63,6 +72,15 @@ def assign_labels(root: Path, files: list[str], source: str = "auto") -> LabelAs
         return _labels_from_csv(Path(source), files)
     raise LabelError(
         f"--labels must be auto, folders, single, clusters or a CSV file; got {source!r}"
+    )
+
+
+def non_utf8_label_message(label: str) -> str:
+    """Why a file in the class folder ``label`` (a name that is not valid UTF-8) has no label."""
+    return (
+        f"class folder {display_name(label)!r} (bytes {os.fsencode(label).hex()}) is not valid "
+        "UTF-8 text, e.g. a name in another encoding; a label's protection is derived from its "
+        "text: rename it in UTF-8 (e.g. convmv -f latin1 -t utf8 -r --notest DIR)"
     )
 
 
