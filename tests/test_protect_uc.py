@@ -16,6 +16,7 @@ from PIL import Image
 
 import unlearnable as ul
 from unlearnable.cli import main
+from unlearnable.io.journal import JOURNAL_NAME
 from unlearnable.io.manifest import MANIFEST_NAME
 from unlearnable.io.runner import discover_and_check
 from unlearnable.models import build_victim
@@ -157,6 +158,32 @@ def test_same_key_same_surrogate_gives_identical_outputs(tmp_path, runner, key_f
     assert all(a[path] != c[path] for path in a)
 
 
+def test_uc_outputs_do_not_depend_on_the_number_of_torch_threads(tmp_path):
+    """Same key and data, 1 or 2 torch threads: the same perturbations and output files. The
+    surrogate is average pooling, whose passes are the same with any threads, so this checks
+    the optimisation itself (the gradients of the samples of a cluster were summed with
+    parallel atomic adds, in an order that changed with the threads); a real surrogate's
+    matrix products may still depend on the threads (see :mod:`unlearnable.protect.uc_optimise`)."""
+    source = make_flat_folder(tmp_path / "in")
+    pooling = torch.nn.Sequential(torch.nn.AvgPool2d(8), torch.nn.Flatten())  # (B, 48)
+    surrogate = ul.surrogate_from_module(
+        pooling, name="pool", input_size=32, strip_classifier=False
+    )
+    config = ul.UCMethodConfig(surrogate=surrogate, clusters=3, uc=ul.UCConfig(steps=3))
+    deltas, digests = {}, {}
+    for threads in (1, 2):
+        out = tmp_path / f"threads-{threads}"
+        run = ul.protect_directory(
+            source, out, FIXED_KEY, config, ul.RunOptions(workers=1, threads=threads)
+        )
+        assert not run.failed
+        deltas[threads] = np.load(out / CLUSTER_STATE_NAME)["deltas"]
+        digests[threads] = image_digests(out)
+    assert deltas[1].shape == (3, 3, 32, 32) and np.abs(deltas[1]).max() > 0
+    assert np.array_equal(deltas[1], deltas[2])
+    assert digests[1] == digests[2] and len(digests[1]) == 21
+
+
 def test_cuda_with_cluster_labels(tmp_path, runner, key_file):
     source = make_flat_folder(tmp_path / "in")
     result = protect(
@@ -253,6 +280,50 @@ def test_resume_with_other_settings_fails_before_any_work(tmp_path, runner, key_
         "--resume",
     )
     assert cuda.exit_code == 2 and "--resume" in cuda.stderr
+
+
+def test_resume_of_a_run_stopped_before_its_manifest_reads_its_journal(
+    tmp_path, runner, key_file, monkeypatch
+):
+    """Ctrl-C after some files (journal, no manifest yet): a resume with other settings is
+    refused before any work, one with the same settings reuses the clusters and perturbations
+    and ends as an uninterrupted run."""
+    from unlearnable.io import journal as journal_module
+    from unlearnable.io import runner as runner_module
+
+    source = make_flat_folder(tmp_path / "in")
+    reference, out = tmp_path / "reference", tmp_path / "out"
+    args = (key_file, "--method", "uc", *UC_FAST)
+    assert protect(runner, source, reference, *args).exit_code == 0
+    real_append = journal_module.Journal.append
+    appended = []
+
+    def append_then_ctrl_c(self, records):
+        real_append(self, records)
+        appended.append(len(records))
+        if len(appended) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner_module, "CHUNK_FILES", 4)
+    monkeypatch.setattr(journal_module.Journal, "append", append_then_ctrl_c)
+    assert protect(runner, source, out, *args).exit_code == 130
+    assert (out / JOURNAL_NAME).exists() and not (out / MANIFEST_NAME).exists()
+    monkeypatch.undo()
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("this resume must not extract features or learn perturbations")
+
+    monkeypatch.setattr(uc_pipeline, "extract_folder_features", no_work)
+    monkeypatch.setattr(uc_pipeline, "optimise_cluster_perturbations", no_work)
+    other = protect(runner, source, out, *args, "--eps", "4", "--resume")
+    assert other.exit_code == 2 and "other settings" in other.stderr
+    again = protect(runner, source, out, *args, "--resume")
+    assert again.exit_code == 0, again.output
+    assert image_digests(out) == image_digests(reference)
+    manifest = manifest_of(out)
+    assert manifest["summary"]["resumed"] == 8
+    assert manifest["clustering"]["state_from_cache"] is True
+    assert manifest["files"] == manifest_of(reference)["files"]
 
 
 def test_a_run_killed_after_the_feature_pass_continues_without_resume(tmp_path, runner, key_file):

@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from ..io.hashing import sha256_strings
-from ..io.manifest import MANIFEST_NAME, ManifestError, read_manifest
+from ..io.journal import JOURNAL_NAME, read_journal
+from ..io.manifest import MANIFEST_NAME, Manifest, ManifestError, read_manifest
 from ..io.npz_cache import load_npz_cache, save_npz_cache
 from ..io.runner import ProtectUsageError
 from ..keys import SecretKey
@@ -124,14 +125,13 @@ def load_state(
 
 
 def earlier_clustering(output_dir: Path, key: SecretKey) -> dict[str, Any] | None:
-    """The ``clustering`` entry of the manifest a resumed run continues (after a key check)."""
-    manifest_path = output_dir / MANIFEST_NAME
-    if not manifest_path.is_file():
+    """The ``clustering`` entry of the run a resume continues (after a key check), or None when
+    ``output_dir`` holds no run yet. Read from the run's journal when there is one (a run
+    stopped before its manifest was written, or a resume stopped again: the journal is the
+    newer record), else from its manifest."""
+    earlier = _earlier_run(output_dir)
+    if earlier is None:
         return None
-    try:
-        earlier = read_manifest(manifest_path)
-    except ManifestError as exc:
-        raise ProtectUsageError(f"--resume: {exc}") from None
     if earlier.key_fingerprint != key.fingerprint:
         raise ProtectUsageError(
             "--resume: the output folder was made with a different key; use the same key, or "
@@ -144,6 +144,20 @@ def earlier_clustering(output_dir: Path, key: SecretKey) -> dict[str, Any] | Non
             "--labels clusters); use the same options, or another output folder"
         )
     return info
+
+
+def _earlier_run(output_dir: Path) -> Manifest | None:
+    """The identity of the run recorded in ``output_dir``: its journal's header, else its
+    manifest; None when there is neither."""
+    journal_path, manifest_path = output_dir / JOURNAL_NAME, output_dir / MANIFEST_NAME
+    try:
+        if journal_path.is_file():
+            return read_journal(journal_path)[0]
+        if manifest_path.is_file():
+            return read_manifest(manifest_path)
+    except ManifestError as exc:
+        raise ProtectUsageError(f"--resume: {exc}") from None
+    return None
 
 
 def check_same_request(

@@ -38,6 +38,17 @@ Randomness: every key-dependent draw comes from a dedicated generator derived fr
 context string: ``uc/v1/subset`` (``max_per_cluster`` subsampling), ``uc/v1/init`` (initial ``w``
 or generator weights and ``z``), ``uc/v1/batch-order`` and ``uc/v1/augment``. The global RNGs are
 never used, so a key gives, on the same machine and library versions, the same perturbations.
+
+Threads: the result does not depend on the number of torch threads. Each step gathers the
+perturbation of every sample's cluster (many samples share one); the backward of a plain
+``leaf[clusters]`` adds the samples' gradients with atomic adds in parallel on CPU, in an order
+that changes with the threads (and from run to run), so the deltas, hence the output files,
+differed in the last bits. :func:`_gather_rows` adds them one sample after another instead: the
+same sums, in the same order, as one thread always gave (the perturbations of earlier one-thread
+runs are unchanged). The surrogate's own forward and backward passes (matrix products,
+convolutions) gave bit-identical results with 1 and 2 threads in our tests; BLAS and oneDNN do
+not promise that for every shape and thread count, so a run that must be reproduced bit for bit
+elsewhere is safest with the same number of threads (``RunOptions.threads``).
 """
 
 from __future__ import annotations
@@ -229,6 +240,30 @@ def augment_batch(images: Tensor, generator: torch.Generator) -> Tensor:
     return out.permute(0, 3, 1, 2).contiguous()
 
 
+class _GatherRows(torch.autograd.Function):
+    """``source[index]`` along dim 0 whose backward adds the gradients of rows that share a
+    source row one after another, in index order: deterministic whatever the threads (see the
+    module docstring). source ``(K, ...)``, index ``(B,)`` int64 -> ``(B, ...)``."""
+
+    @staticmethod
+    def forward(ctx, source: Tensor, index: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(index)
+        ctx.rows = source.shape[0]
+        return source[index]
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        (index,) = ctx.saved_tensors
+        total = grad.new_zeros((ctx.rows, *grad.shape[1:]))
+        for row, target in enumerate(index.tolist()):
+            total[target] += grad[row]
+        return total, None
+
+
+def _gather_rows(source: Tensor, index: Tensor) -> Tensor:
+    return _GatherRows.apply(source, index)
+
+
 def _kl_to_anchor(features: Tensor, log_p: Tensor, temperature: float) -> Tensor:
     """Per-sample ``KL(p || softmax(features / T))``: features ``(B, D)``, log_p ``(B, D)`` -> ``(B,)``."""
     log_q = F.log_softmax(features / temperature, dim=1)
@@ -385,7 +420,7 @@ def optimise_cluster_perturbations(
             stop = start + config.chunk_size
             clusters = cluster_of_sample[start:stop]
             batch = data[index[start:stop]].to(device)
-            perturbed = (batch + leaf[clusters]).clamp(0.0, 1.0)
+            perturbed = (batch + _gather_rows(leaf, clusters)).clamp(0.0, 1.0)
             if config.augment:
                 perturbed = augment_batch(perturbed, aug_gen)
             kl = _kl_to_anchor(surrogate.features(perturbed), log_p_anchor[clusters], temperature)
@@ -452,4 +487,3 @@ def random_cluster_perturbations(k: int, size: int, eps: float, key: SecretKey) 
     ``(K, 3, size, size)`` float32, drawn from the key (context ``uc/v1/random-baseline``)."""
     generator = torch_generator(key, "uc/v1/random-baseline")
     return (torch.rand(k, 3, size, size, generator=generator) * 2.0 - 1.0) * eps
-
