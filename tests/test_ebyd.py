@@ -16,9 +16,25 @@ from unlearnable.attacks.backdoor import BadNets, PoisonConfig
 from unlearnable.attacks.training import TrainConfig
 from unlearnable.checkpoints import ModelSpec, load_model, save_model
 from unlearnable.cli import main
-from unlearnable.defenses.detection import DetectionConfig, auroc, detect, detect_target
+from unlearnable.defenses.detection import (
+    DetectionConfig,
+    agreed_histogram,
+    auroc,
+    detect,
+    detect_exposures,
+    detect_target,
+    featureless,
+    featureless_prior,
+    gain_histogram,
+    read_out,
+)
 from unlearnable.defenses.ebyd import PurifyConfig, ScanConfig, purify_model, scan_model
-from unlearnable.defenses.ebyd_data import CleanSet, load_clean_folder, split_defense
+from unlearnable.defenses.ebyd_data import (
+    CleanSet,
+    load_clean_folder,
+    split_defense,
+    split_parts,
+)
 from unlearnable.defenses.ebyd_subjects import train_backdoored
 from unlearnable.defenses.exposure import ExposureConfig, expose, stop_threshold
 from unlearnable.defenses.removal import (
@@ -117,6 +133,20 @@ def test_split_defense_is_balanced_seeded_and_disjoint() -> None:
     assert split_defense(labels, 500, seed=0)[0].numel() == 80  # at most 80 %
 
 
+def test_split_parts_are_disjoint_balanced_and_seeded() -> None:
+    labels = torch.arange(101) % 4
+    parts = split_parts(labels, 2, seed=0)
+    assert sum(p.numel() for p in parts) == 101
+    assert sorted(torch.cat(parts).tolist()) == list(range(101))
+    for part in parts:
+        counts = torch.bincount(labels[part], minlength=4)
+        assert int(counts.max()) - int(counts.min()) <= 1
+    assert all(torch.equal(a, b) for a, b in zip(parts, split_parts(labels, 2, 0), strict=True))
+    assert not torch.equal(split_parts(labels, 2, seed=1)[0], parts[0])
+    assert [p.numel() for p in split_parts(labels, 3, 0)] in ([34, 34, 33], [34, 33, 34],
+                                                              [33, 34, 34])  # fmt: skip
+
+
 def test_clean_folder_is_matched_to_the_model_classes_by_name(tmp_path) -> None:
     root = write_synthetic_folder(tmp_path / "clean", per_class=2, classes=("d", "b"))
     clean = load_clean_folder(root, CLASSES, 16)
@@ -184,6 +214,53 @@ def test_detection_reads_the_histogram() -> None:
     assert auroc([0.9, 0.8], [0.1, 0.8]) == pytest.approx(0.875) and auroc([], [1]) is None
 
 
+def test_detection_needs_every_exposure_to_agree_on_the_sink() -> None:
+    stable = [[0.05, 0.8, 0.1, 0.05], [0.1, 0.7, 0.1, 0.1]]
+    assert agreed_histogram(stable) == (0.05, 0.7, 0.1, 0.05)
+    both = detect(stable)
+    assert both.flagged and both.target == 1 and both.score == 0.7 and both.agree
+    moving = detect([[0.05, 0.8, 0.1, 0.05], [0.8, 0.1, 0.05, 0.05]])  # a sink that moves
+    assert not moving.flagged and moving.tops == (1, 0) and not moving.agree
+    assert detect([[0.05, 0.8, 0.1, 0.05]]).score == detect([0.05, 0.8, 0.1, 0.05]).score
+    with pytest.raises(UsageError, match="different lengths"):
+        detect([[0.5, 0.5], [0.2, 0.3, 0.5]])
+    rows = [
+        {"epoch": 0, "clean_acc": 0.9, "holdout_acc": 0.8, "histogram": [0.25] * 4},
+        {"epoch": 1, "clean_acc": 0.8, "holdout_acc": 0.7, "histogram": [0.3, 0.2, 0.25, 0.25]},
+        {"epoch": 2, "clean_acc": 0.5, "holdout_acc": 0.5, "histogram": [0.2, 0.5, 0.2, 0.1]},
+        {"epoch": 3, "clean_acc": 0.1, "holdout_acc": 0.1, "histogram": [0.0, 0.1, 0.9, 0.0]},
+    ]  # fmt: skip
+    assert read_out(rows) == ((0.0, 0.1, 0.9, 0.0), 3)
+    early = DetectionConfig(readout="early", early_drop=0.3)  # held-out acc <= 0.56: epoch 2
+    assert read_out(rows, early) == ((0.0, 1.0, 0.0, 0.0), 2)  # where predictions moved
+    assert read_out(rows[:2], early)[1] == 1  # never lost 30 %: the last row
+    no_holdout = [{**r, "holdout_acc": None} for r in rows]
+    assert read_out(no_holdout, DetectionConfig(readout="early", early_drop=0.4))[1] == 2
+    assert gain_histogram([0.5, 0.5], [0.5, 0.5]) == (0.0, 0.0)
+    assert detect_exposures([rows, rows], early).target == 1
+    with pytest.raises(UsageError, match="readout"):
+        DetectionConfig(readout="middle")
+
+
+def test_the_featureless_prior_discounts_a_natural_sink(backdoored) -> None:
+    sink = [0.05, 0.75, 0.1, 0.1]
+    assert detect(sink).flagged and detect(sink).target == 1
+    natural = detect(sink, prior=[0.0, 0.6, 0.2, 0.2])  # the model answers b for blurs anyway
+    assert not natural.flagged and natural.score == pytest.approx(0.15)
+    assert natural.prior == (0.0, 0.6, 0.2, 0.2) and natural.variance == detect(sink).variance
+    assert detect(sink, prior=[0.25] * 4).target == 1  # a flat prior changes nothing but shares
+    with pytest.raises(UsageError, match="prior over 3 classes"):
+        detect(sink, prior=[0.5, 0.25, 0.25])
+    images = synthetic(6, seed=4)[0]
+    blurred = featureless(images)
+    assert blurred.shape == images.shape and blurred.dtype == torch.float32
+    assert 0 <= float(blurred.min()) <= float(blurred.max()) <= 1
+    assert torch.equal(images, synthetic(6, seed=4)[0])  # input untouched
+    assert float((blurred[:, :, :2, :2] - blurred[:, :, 2:4, 2:4]).abs().max()) < 0.3  # smooth
+    prior = featureless_prior(backdoored, images, 4)
+    assert len(prior) == 4 and sum(prior) == pytest.approx(1.0)
+
+
 # ------------------------------------------------------------------------- removal
 
 
@@ -241,6 +318,19 @@ def test_masks_are_learned_alone_and_pruning_is_chosen_on_clean_accuracy(backdoo
     assert fixed.threshold == 0.33 and len(fixed.channels) == sum(
         int((m <= 0.33).sum()) for m in masks.values()
     )
+
+
+def test_pruning_keeps_the_model_when_even_zero_masks_cost_too_much(backdoored) -> None:
+    clean = _clean_set()
+    masks = {name: torch.ones(m.num_features) for name, m in require_batch_norm(backdoored)}
+    first = next(iter(masks))
+    masks[first][:] = 0.0  # every channel of the first layer "recovered" to 0
+    choice = choose_pruning(backdoored, masks, clean.images, clean.labels,
+                            PruneConfig(max_drop=0.05))  # fmt: skip
+    assert choice.reference_acc > 0.9 and choice.channels == []
+    x = clean.images[:8].float() / 255
+    assert torch.equal(choice.model(x), backdoored(x)) and choice.model is not backdoored
+    assert len(prune(backdoored, masks, 0.0)[1]) == masks[first].numel()
 
 
 def test_removal_refuses_models_it_cannot_mask(tmp_path) -> None:
@@ -309,7 +399,8 @@ def test_scan_exit_codes_follow_the_verdict(runner, tmp_path, backdoored) -> Non
     model = _saved(backdoored, tmp_path / "m")
     clean = write_synthetic_folder(tmp_path / "clean", per_class=10)
     base = ["scan", str(model), "--clean", str(clean), *SCAN_FAST]
-    flagged = runner.invoke(main, [*base, "--threshold", "0", "-o", str(tmp_path / "r1")])
+    flagged = runner.invoke(main, [*base, "--threshold", "0", "--exposures", "2",
+                                   "-o", str(tmp_path / "r1")])  # fmt: skip
     assert flagged.exit_code == 3, flagged.output
     calm = runner.invoke(main, [*base, "--threshold", "1.01", "-o", str(tmp_path / "r2")])
     assert calm.exit_code == 0, calm.output
@@ -318,6 +409,10 @@ def test_scan_exit_codes_follow_the_verdict(runner, tmp_path, backdoored) -> Non
         assert (run / name).is_file(), name
     header = (run / "epochs.csv").read_text().splitlines()[0]
     assert "share_a" in header and "clean_acc" in header
+    assert "exposure" in header
+    report = json.loads((run / "report.json").read_text())
+    assert len(report["exposures"]) == 2 and report["threshold"] == 0
+    assert {r["exposure"] for r in report["epochs"]} == {1, 2}
     wrong = runner.invoke(main, [*base[:2], "--clean", str(clean), "--classes", "w,x,y,z"])
     assert wrong.exit_code == 2 and "do not match the model's classes" in wrong.output
 
@@ -368,11 +463,12 @@ def test_purify_cli_saves_a_pruned_model_and_its_report(runner, tmp_path, backdo
 def test_cli_choices_match_the_library() -> None:
     import importlib
 
-    from unlearnable.defenses.detection import SCORES
+    from unlearnable.defenses.detection import READOUTS, SCORES
     from unlearnable.defenses.exposure import EXPOSURES
 
     cli = importlib.import_module("unlearnable.cli.scan")
     assert set(cli.EXPOSURES) == set(EXPOSURES.names()) and set(cli.SCORES) == set(SCORES)
+    assert set(cli.READOUTS) == set(READOUTS)
 
 
 def prototypes(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -394,7 +490,7 @@ def test_a_tiny_backdoored_model_is_flagged_with_its_target() -> None:
     # false-positive trap; see the report and the benchmark), so only the backdoored side is
     # asserted here.
     train, test, clean = prototypes(300, 1), prototypes(200, 2), prototypes(400, 3)
-    config = ScanConfig(exposure=ExposureConfig(batch_size=32), defense_images=100)
+    config = ScanConfig(exposure=ExposureConfig(batch_size=32), defense_images=100, exposures=1)
     run = train_backdoored(
         *train, *test, BadNets(), PoisonConfig(4, 0.1, 1), TINY,
         TrainConfig(epochs=10, batch_size=32, lr=0.05, augment=False), seed=1,
@@ -402,3 +498,35 @@ def test_a_tiny_backdoored_model_is_flagged_with_its_target() -> None:
     assert run.clean_accuracy > 0.9 and run.attack_success_rate > 0.9
     bad = scan_model(run.model, CleanSet(*clean, tuple("abcdefghij")), config)
     assert bad.flagged and bad.detection.target == 4, bad.to_report()["epochs"]
+
+
+def _tiny_subject(rate: float, seed: int, target: int) -> nn.Module:
+    train, test = prototypes(300, 1), prototypes(200, 2)
+    run = train_backdoored(
+        *train, *test, BadNets(), PoisonConfig(target, rate, seed), TINY,
+        TrainConfig(epochs=10, batch_size=32, lr=0.05, augment=False), seed=seed,
+    )  # fmt: skip
+    assert run.clean_accuracy > 0.9 and (rate == 0 or run.attack_success_rate > 0.9)
+    return run.model
+
+
+def test_a_tiny_backdoored_model_is_flagged_and_a_tiny_clean_one_is_not() -> None:
+    # Three independent exposures on disjoint thirds of the defense set, each read early
+    # (where predictions moved by the first epoch that lost 30 % of the clean accuracy), less
+    # the featureless prior: the backdoor's target is the sink of all three, this clean
+    # model's sinks move. Not every tiny model behaves so: over seeds 0-3, 2 of 4 clean models
+    # had a stable natural sink and were flagged (see the README's EBYD section).
+    torch.set_num_threads(1)
+    clean = CleanSet(*prototypes(400, 3), tuple("abcdefghij"))
+    config = ScanConfig(
+        exposure=ExposureConfig(batch_size=32),
+        detection=DetectionConfig(readout="early"),
+        defense_images=200,
+        exposures=3,
+    )
+    bad = scan_model(_tiny_subject(0.1, seed=1, target=7), clean, config)
+    assert bad.flagged and bad.detection.target == 7, bad.detection
+    assert bad.detection.tops == (7, 7, 7) and len(bad.exposures) == 3
+    calm = scan_model(_tiny_subject(0.0, seed=1, target=7), clean, config)
+    assert not calm.flagged and calm.detection.target is None, calm.detection
+    assert calm.detection.score < bad.detection.score

@@ -1,8 +1,10 @@
 """Expose Before You Defend (EBYD, Li et al., arXiv 2410.19427) as two library calls.
 
-* :func:`scan_model`: expose a copy of the model with clean unlearning
-  (:mod:`.exposure`), then read the exposed model's clean-prediction histogram: target label and
-  backdoored / clean verdict (:mod:`.detection`).
+* :func:`scan_model`: expose a copy of the model with clean unlearning (:mod:`.exposure`), or
+  several copies independently on ``exposures`` disjoint parts of the defense set, then read
+  where the exposed models send held-out clean images, less where the original model sends
+  featureless images (a natural sink is not a backdoor): target label and backdoored / clean
+  verdict (:mod:`.detection`, which says how the defaults were calibrated).
 * :func:`purify_model`: expose, learn batch-norm masks on the exposed model, prune the lowest
   channels of the **original** model with a threshold chosen from clean accuracy only
   (:mod:`.removal`, RNP); report clean accuracy before/after on held-out clean images and, for a
@@ -34,8 +36,14 @@ from torch import nn
 
 from ..errors import UsageError
 from ..training.classification import evaluate
-from .detection import Detection, DetectionConfig, detect
-from .ebyd_data import CleanSet, load_clean_folder, split_defense
+from .detection import (
+    Detection,
+    DetectionConfig,
+    detect_exposures,
+    featureless_prior,
+    read_out,
+)
+from .ebyd_data import CleanSet, load_clean_folder, split_defense, split_parts
 from .exposure import ExposureConfig, ExposureResult, expose
 from .removal import (
     MaskConfig,
@@ -47,7 +55,7 @@ from .removal import (
     require_batch_norm,
 )
 
-REPORT_VERSION = 1
+REPORT_VERSION = 2
 
 #: ``progress(stage, epoch, epochs, row)``: stage ``"expose"`` or ``"masks"``.
 StageProgress = Callable[[str, int, int, dict[str, Any]], None]
@@ -55,16 +63,22 @@ StageProgress = Callable[[str, int, int, dict[str, Any]], None]
 
 @dataclass(frozen=True)
 class ScanConfig:
-    """``exposure`` and ``detection`` settings, the defense-set size and the split seed."""
+    """``exposure`` and ``detection`` settings, the defense-set size, the split seed and the
+    number of independent ``exposures`` (each on its own disjoint, class-balanced part of the
+    defense set, with exposure seed ``exposure.seed + j``; 1 = a single exposure on all of
+    it)."""
 
     exposure: ExposureConfig = field(default_factory=ExposureConfig)
     detection: DetectionConfig = field(default_factory=DetectionConfig)
     defense_images: int = 500
     seed: int = 0
+    exposures: int = 1
 
     def __post_init__(self) -> None:
         if self.defense_images < 2:
             raise UsageError(f"defense_images must be >= 2, got {self.defense_images}")
+        if not 1 <= self.exposures <= self.defense_images // 2:
+            raise UsageError(f"exposures must be in [1, defense_images / 2], got {self.exposures}")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -72,6 +86,7 @@ class ScanConfig:
             "detection": self.detection.to_dict(),
             "defense_images": self.defense_images,
             "seed": self.seed,
+            "exposures": self.exposures,
         }
 
 
@@ -152,17 +167,23 @@ def _stage(progress: StageProgress | None, stage: str):
 
 @dataclass
 class ScanResult:
-    """What :func:`scan_model` found: the :class:`Detection`, the exposure run and the facts
-    of the data. ``to_report()`` is the ``report.json`` body."""
+    """What :func:`scan_model` found: the :class:`Detection`, the exposure runs (one per
+    disjoint part of the defense set) and the facts of the data. ``to_report()`` is the
+    ``report.json`` body."""
 
     detection: Detection
-    exposure: ExposureResult
+    exposures: list[ExposureResult]
     classes: tuple[str, ...]
     defense_size: int
     holdout_size: int
     config: ScanConfig
     source: str | None = None
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def exposure(self) -> ExposureResult:
+        """The first exposure run."""
+        return self.exposures[0]
 
     @property
     def flagged(self) -> bool:
@@ -173,8 +194,29 @@ class ScanResult:
         t = self.detection.target
         return None if t is None else self.classes[t]
 
+    def _exposure_summary(self, index: int, run: ExposureResult) -> dict[str, Any]:
+        first, final = run.rows[0], run.final
+        readout, epoch = read_out(run.rows, self.config.detection)
+        top = max(range(len(readout)), key=lambda k: readout[k])
+        return {
+            "index": index + 1,
+            "method": run.config.method,
+            "seed": run.config.seed,
+            "epochs": run.epochs,
+            "stopped_early": run.stopped_early,
+            "stop_reason": run.stop_reason,
+            "clean_acc_before": first["clean_acc"],
+            "clean_acc_after": final["clean_acc"],
+            "holdout_acc_before": first["holdout_acc"],
+            "holdout_acc_after": final["holdout_acc"],
+            "readout_epoch": epoch,
+            "readout_histogram": list(readout),
+            "top_class": top,
+            "top_share": readout[top],
+        }
+
     def to_report(self) -> dict[str, Any]:
-        first, final = self.exposure.rows[0], self.exposure.final
+        summaries = [self._exposure_summary(i, r) for i, r in enumerate(self.exposures)]
         return {
             "model": self.source,
             "verdict": self.detection.verdict,
@@ -187,17 +229,13 @@ class ScanResult:
             "detection": self.detection.to_dict(),
             "classes": list(self.classes),
             "data": {"defense_images": self.defense_size, "holdout_images": self.holdout_size},
-            "exposure": {
-                "method": self.exposure.config.method,
-                "epochs": self.exposure.epochs,
-                "stopped_early": self.exposure.stopped_early,
-                "stop_reason": self.exposure.stop_reason,
-                "clean_acc_before": first["clean_acc"],
-                "clean_acc_after": final["clean_acc"],
-                "holdout_acc_before": first["holdout_acc"],
-                "holdout_acc_after": final["holdout_acc"],
-            },
-            "epochs": self.exposure.rows,
+            "exposure": summaries[0],
+            "exposures": summaries,
+            "epochs": [
+                {"exposure": i + 1, **row}
+                for i, run in enumerate(self.exposures)
+                for row in run.rows
+            ],
             "notes": list(self.notes),
         }
 
@@ -228,30 +266,57 @@ def scan_model(
     progress: StageProgress | None = None,
     load_progress: Callable[[int, int], None] | None = None,
 ) -> ScanResult:
-    """Expose a copy of ``model`` and detect a backdoor from its clean-prediction histogram.
+    """Expose copies of ``model`` on disjoint parts of the defense set and detect a backdoor
+    from the clean-prediction histograms they agree on.
 
     ``model``: a :class:`~unlearnable.checkpoints.LoadedModel` (any format
     :func:`~unlearnable.checkpoints.load_model` reads, TorchScript and ``torch.export``
     included), a path to our model format, or a classifier ``nn.Module`` (then ``clean`` must be
     a :class:`CleanSet`). ``clean``: a folder ``<class name>/<images>`` matched to the model's
-    classes by name, or a :class:`CleanSet`. The model itself is not changed.
+    classes by name, or a :class:`CleanSet`. The model itself is not changed. ``progress``
+    gets stage ``"expose"`` (``"expose 2"``, ... for the further exposures).
     """
     config = config or ScanConfig()
     subject = _model_and_data(
         model, clean, config.defense_images, config.seed, device, load_progress
     )
-    exposure = expose(
-        subject.model,
-        subject.defense.images,
-        subject.defense.labels,
-        len(subject.classes),
-        config.exposure,
-        subject.holdout.images,
-        subject.holdout.labels,
-        progress=_stage(progress, "expose"),
+    parts = split_parts(subject.defense.labels, config.exposures, config.seed)
+    runs = []
+    for j, part in enumerate(parts):
+        defense = subject.defense.subset(part)
+        runs.append(
+            expose(
+                subject.model,
+                defense.images,
+                defense.labels,
+                len(subject.classes),
+                dataclasses.replace(config.exposure, seed=config.exposure.seed + j),
+                subject.holdout.images,
+                subject.holdout.labels,
+                progress=_stage(progress, "expose" if j == 0 else f"expose {j + 1}"),
+            )
+        )
+    observe = subject.holdout if len(subject.holdout) else subject.defense
+    prior = (
+        featureless_prior(subject.model, observe.images, len(subject.classes))
+        if config.detection.prior
+        else None
     )
-    detection = detect(exposure.final["histogram"], config.detection)
-    notes = _exposure_notes(exposure)
+    detection = detect_exposures([r.rows for r in runs], config.detection, prior)
+    which: dict[str, list[str]] = {}
+    for j, run in enumerate(runs):
+        for text in _exposure_notes(run):
+            which.setdefault(text, []).append(str(j + 1))
+    notes = [
+        text if len(runs) == 1 else f"exposure {', '.join(numbers)}: {text}"
+        for text, numbers in which.items()
+    ]
+    if len(runs) > 1 and not detection.agree:
+        notes.append(
+            "the exposures disagree on where clean images collapse (top classes "
+            f"{', '.join(subject.classes[t] for t in detection.tops)}): the sink is not "
+            "stable, as for a clean model"
+        )
     if subject.defense.missing:
         notes.append(
             f"no clean images of {len(subject.defense.missing)} model class(es): "
@@ -261,7 +326,7 @@ def scan_model(
         notes.append("no held-out clean images: the histogram is read on the defense set")
     return ScanResult(
         detection,
-        exposure,
+        runs,
         subject.classes,
         len(subject.defense),
         len(subject.holdout),

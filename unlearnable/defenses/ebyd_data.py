@@ -126,4 +126,21 @@ def split_defense(labels: Tensor, defense_images: int, seed: int) -> tuple[Tenso
     return torch.nonzero(mask).flatten(), torch.nonzero(~mask).flatten()
 
 
-__all__ = ["CleanSet", "load_clean_folder", "match_classes", "split_defense"]
+def split_parts(labels: Tensor, parts: int, seed: int) -> list[Tensor]:
+    """``parts`` disjoint, class-balanced index tensors covering ``labels`` (each class's
+    images in a seeded random order, dealt round-robin; part sizes differ by at most one per
+    class). Each sorted. For independent exposures on disjoint data."""
+    if parts < 1:
+        raise ValueError(f"parts must be >= 1, got {parts}")
+    gen = torch.Generator().manual_seed(int(seed))
+    perm = torch.randperm(labels.numel(), generator=gen)
+    dealt: list[list[int]] = [[] for _ in range(parts)]
+    seen: dict[int, int] = {}
+    for i in perm.tolist():
+        label = int(labels[i])
+        dealt[(seen.get(label, 0) + label) % parts].append(i)
+        seen[label] = seen.get(label, 0) + 1
+    return [torch.tensor(sorted(d), dtype=torch.int64) for d in dealt]
+
+
+__all__ = ["CleanSet", "load_clean_folder", "match_classes", "split_defense", "split_parts"]

@@ -1,9 +1,11 @@
 """Run folders of ``scan`` and ``purify`` (the layout of :mod:`unlearnable.run_folder`).
 
 scan: ``config.json``, ``report.json`` (schema ``unlearnable.scan-report``, version
-:data:`~unlearnable.defenses.ebyd.REPORT_VERSION`), ``epochs.csv`` (one row per exposure epoch,
-epoch 0 = before; ``share_<class>`` columns hold the histogram), ``histogram.png`` (every
-class's share per epoch, with the flag threshold), ``accuracy.png`` and ``report.md``.
+:data:`~unlearnable.defenses.ebyd.REPORT_VERSION`), ``epochs.csv`` (one row per exposure epoch
+of every exposure, column ``exposure`` = 1, 2, ...; epoch 0 = before; ``share_<class>`` columns
+hold the histogram),
+``histogram.png`` (every class's share per epoch in the first exposure, with the flag
+threshold), ``accuracy.png`` and ``report.md``.
 
 purify adds ``masks.csv`` (mask learning per epoch), ``sweep.csv`` (every pruning threshold:
 channels pruned, defense and held-out accuracy, ASR with a trigger), ``sweep.png`` and
@@ -73,6 +75,16 @@ def _model_lines(source: str | None) -> list[str]:
     return [f"- model: `{source}`"] if source else []
 
 
+def _prior_line(prior: Sequence[float] | None, classes: Sequence[str]) -> str:
+    if prior is None:
+        return "- featureless prior: not used"
+    top = max(range(len(prior)), key=lambda k: prior[k])
+    return (
+        f"- featureless prior (the original model on blurred-away images, a natural sink): "
+        f"{classes[top]} {_pct(prior[top])}; subtracted from the agreed shares"
+    )
+
+
 def write_scan_folder(
     result: ScanResult, folder: str | Path, model_info: Mapping[str, Any] | None = None
 ) -> RunFolder:
@@ -83,7 +95,8 @@ def write_scan_folder(
         seeds=[result.config.seed, result.config.exposure.seed],
     )
     rows = result.exposure.rows
-    run.write_rows("epochs.csv", epoch_rows(rows, result.classes))
+    report = result.to_report()
+    run.write_rows("epochs.csv", epoch_rows(report["epochs"], result.classes))
     det = result.detection
     run.write_plot(
         "histogram.png",
@@ -92,7 +105,6 @@ def write_scan_folder(
         ),
     )
     run.write_plot("accuracy.png", accuracy_png(rows, result.exposure.stop_threshold))
-    report = result.to_report()
     report["model_info"] = dict(model_info or {})
     run.write_report(report, version=REPORT_VERSION)
     hist = ", ".join(
@@ -101,7 +113,15 @@ def write_scan_folder(
             zip(result.classes, det.histogram, strict=True), key=lambda kv: -kv[1]
         )[:5]
     )
-    exp = report["exposure"]
+    exposures = [
+        f"- exposure {e['index']}: {e['method']} (seed {e['seed']}), {e['epochs']} epochs "
+        f"({e['stop_reason'] or 'no stop: max epochs'}); defense-set accuracy "
+        f"{_pct(e['clean_acc_before'])} -> {_pct(e['clean_acc_after'])}, held-out "
+        f"{_pct(e['holdout_acc_before'])} -> {_pct(e['holdout_acc_after'])}; read at epoch "
+        f"{e['readout_epoch']}: {result.classes[e['top_class']]} {_pct(e['top_share'])}"
+        for e in report["exposures"]
+    ]
+    readout = result.config.detection.readout
     lines = [
         f"# EBYD scan: {det.verdict}",
         "",
@@ -110,12 +130,13 @@ def write_scan_folder(
         f"{'>=' if det.flagged else '<'} threshold {det.threshold:g})",
         f"- target class: {result.target_name or '-'} (dominance needed: "
         f"{result.config.detection.dominance:g})",
-        f"- exposure: {exp['method']}, {exp['epochs']} epochs; defense-set accuracy "
-        f"{_pct(exp['clean_acc_before'])} -> {_pct(exp['clean_acc_after'])}, held-out "
-        f"{_pct(exp['holdout_acc_before'])} -> {_pct(exp['holdout_acc_after'])}",
-        f"- stop: {exp['stop_reason'] or 'none (max epochs)'}",
+        f"- {len(exposures)} independent exposure(s) on disjoint parts of the defense set; "
+        f"score read on the histogram they agree on (per-class minimum, readout "
+        f"{readout!r})",
+        *exposures,
         f"- clean data: {result.defense_size} defense images, {result.holdout_size} held out",
-        f"- histogram after exposure (top 5): {hist}",
+        _prior_line(det.prior, result.classes),
+        f"- agreed histogram{' less the prior' if det.prior is not None else ''} (top 5): {hist}",
         "",
         "Files: `epochs.csv`, `histogram.png`, `accuracy.png`, `report.json`, `config.json`.",
     ]

@@ -207,7 +207,7 @@ def exposure_columns(
         hist = prediction_histogram(predictions, num_classes)
         top = max(range(num_classes), key=lambda k: hist[k])
         holdout = (
-            float((predictions == holdout_labels).float().mean())
+            float((predictions.cpu() == holdout_labels.cpu()).float().mean())
             if holdout_images.shape[0]
             else None
         )

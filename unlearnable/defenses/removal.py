@@ -13,7 +13,9 @@ model with clean data, then prune the lowest channels of the **original** model.
 3. **Choosing tau without the trigger.** ``rule="fixed"``: ``tau = threshold`` (RNP's 0.2).
    ``rule="max-drop"`` (default): walk up the grid 0.05, 0.10, ..., 0.90 and keep the last
    ``tau`` before defense-set accuracy first falls by more than ``max_drop`` (absolute) below
-   the unpruned model's (BackdoorBench's clean-accuracy tolerance rule). ASR is never used.
+   the unpruned model's (BackdoorBench's clean-accuracy tolerance rule); when even the
+   channels whose mask is exactly 0 break the tolerance, nothing is pruned (threshold 0, no
+   channels). ASR is never used.
 
 Masks attach through forward hooks on ``nn.BatchNorm1d/2d/3d`` modules, so any of our models
 works; TorchScript and ``torch.export`` archives have no hookable modules (``UsageError``).
@@ -295,6 +297,10 @@ def choose_pruning(
     if config.rule == "fixed":
         chosen_tau = config.threshold
     final, channels = prune(model, masks, chosen_tau)
+    if config.rule == "max-drop" and chosen_tau == 0.0 and channels:
+        # channels whose mask fell to exactly 0: prune them only within the tolerance too
+        if reference - evaluate(final, images, labels) > config.max_drop:
+            final, channels = clone_model(model), []
     return PruneChoice(chosen_tau, final, channels, sweep, reference)
 
 
