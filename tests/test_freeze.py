@@ -122,6 +122,72 @@ def test_frozen_channels_stay_bit_identical_while_the_rest_of_the_tensor_trains(
     assert mask.frozen_parameter_count == frozen_numel
 
 
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_channel_mask_from_a_file_keeps_its_channels_through_weight_decay(
+    optimizer: str, tmp_path: Path
+) -> None:
+    model = Tiny()
+    frozen = {"conv1.weight": (1, 4), "bn1.bias": (0, 5), "conv2.weight": (7,)}
+    path = save_mask(build_mask(model, frozen, level="channel"), tmp_path / "m.json")
+    mask = load_mask(path)
+    before = snapshot(model)
+    config = FinetuneConfig(epochs=2, lr=0.05, weight_decay=0.5, batch_size=8, optimizer=optimizer)
+    assert finetune(model, mask, ILLEGAL, config=config).verified
+    after = snapshot(model)
+    for name, channels in frozen.items():
+        free = [c for c in range(before[name].shape[0]) if c not in channels]
+        assert torch.equal(before[name][list(channels)], after[name][list(channels)]), name
+        assert not torch.equal(before[name][free], after[name][free]), name  # the rest moves
+    mask.check_release(model)  # still the release after enforced fine-tuning
+
+
+def test_channel_mask_file_round_trips(tmp_path: Path) -> None:
+    model = Tiny()
+    frozen = {"conv1.weight": (0, 2), "bn1.weight": (1,), "conv2.bias": None}
+    mask = build_mask(model, frozen, level="channel", excluded=["head.weight", "head.bias"])
+    loaded = load_mask(save_mask(mask, tmp_path / "m.json"))
+    assert loaded.level == "channel" and loaded.frozen == mask.frozen
+    assert loaded.release_digest == mask.release_digest and loaded.share == mask.share
+    data = json.loads((tmp_path / "m.json").read_text())
+    assert data["frozen"] == {"conv1.weight": [0, 2], "bn1.weight": [1], "conv2.bias": None}
+    groups = 6 + 6 + 6 + 6 + 8 + 8  # dim 0 of every maskable tensor
+    assert data["share"]["groups"] == pytest.approx((2 + 1 + 8) / groups)
+    assert loaded.frozen_parameter_count == 2 * 27 + 1 + 8
+    # the channel values are part of the release digest: changing one is noticed
+    with torch.no_grad():
+        model.conv1.weight[2].add_(1.0)
+    with pytest.raises(IntegrityError, match="differ from the release"):
+        loaded.check_release(model)
+
+
+def test_channel_mask_mismatches_are_refused(tmp_path: Path) -> None:
+    path = save_mask(
+        build_mask(Tiny(), {"conv1.weight": (0, 2)}, level="channel", excluded=["head.bias"]),
+        tmp_path / "m.json",
+    )
+    good = json.loads(path.read_text())
+
+    def refused(change, match: str) -> None:
+        data = json.loads(json.dumps(good))
+        change(data)
+        path.write_text(json.dumps(data))
+        with pytest.raises(MaskFileError, match=match):
+            load_mask(path)
+
+    refused(lambda d: d["frozen"].update({"conv1.weight": [0, 6]}), r"channel\(s\) \[6\]")
+    refused(lambda d: d["frozen"].update({"conv1.weight": [-1]}), r"channel\(s\) \[-1\]")
+    refused(lambda d: d["frozen"].update({"conv1.weight": [2, 2]}), "twice")
+    refused(lambda d: d["frozen"].update({"conv1.weight": []}), "empty channel list")
+    refused(lambda d: d["frozen"].update({"conv1.weight": ["x"]}), "damaged")
+    refused(lambda d: d.update({"level": "tensor"}), "only channel-level masks")
+    refused(lambda d: d["frozen"].update({"head.bias": None}), "also excludes")
+    path.write_text(json.dumps(good))
+    with pytest.raises(MaskFileError, match="fingerprint differs"):
+        finetune(Tiny(width=5), load_mask(path), ILLEGAL, config=FinetuneConfig(epochs=1))
+    with pytest.raises(MaskFileError, match="only channel-level"):
+        build_mask(Tiny(), {"conv1.weight": (0,)})  # channels in a tensor-level mask
+
+
 def test_finetune_refuses_changed_release_values() -> None:
     model = Tiny()
     mask = build_mask(model, ["conv2.weight"])

@@ -153,6 +153,32 @@ class FreezeMask:
         unknown = sorted(set(self.frozen) - known)
         if unknown:
             raise MaskFileError(f"the mask freezes tensors it does not list: {_names(unknown)}")
+        both = sorted(set(self.frozen) & set(self.excluded))
+        if both:
+            raise MaskFileError(f"the mask freezes tensors it also excludes: {_names(both)}")
+        infos = {t.name: t for t in self.tensors}
+        for name, channels in self.frozen.items():
+            if channels is not None:
+                self._check_channels(infos[name], channels)
+
+    def _check_channels(self, info: TensorInfo, channels: tuple[int, ...]) -> None:
+        """Channel entries only in channel-level masks, unique, within the tensor's dim 0."""
+        if self.level != "channel":
+            raise MaskFileError(
+                f"the {self.level}-level mask lists channels of {info.name}; only channel-level "
+                "masks freeze single channels"
+            )
+        size = info.shape[0] if info.shape else 1
+        if not channels:
+            raise MaskFileError(f"the mask freezes an empty channel list of {info.name}")
+        if len(set(channels)) != len(channels):
+            raise MaskFileError(f"the mask lists a channel of {info.name} twice")
+        bad = [c for c in channels if not 0 <= c < size]
+        if bad:
+            raise MaskFileError(
+                f"the mask freezes channel(s) {bad[:_LISTED]} of {info.name}, which has "
+                f"{size} (dim 0 of shape {list(info.shape)}); it was learned for another model"
+            )
 
     # ------------------------------------------------------------------ shares
 
