@@ -104,3 +104,44 @@ def test_bad_shapes_raise():
         visual_cost(torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 18))
     with pytest.raises(ValueError):
         best_shift(torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16), max_shift=-1)
+
+
+def test_viewing_factor_pools_large_images_only():
+    from unlearnable.visual_cost import viewing_factor
+
+    assert viewing_factor(32, 32) == 1 and viewing_factor(383, 5000) == 1
+    assert viewing_factor(400, 600) == 2 and viewing_factor(2000, 3000) == 8
+
+
+@pytest.mark.parametrize("dy,dx", [(3, -1), (-5, 6), (0, 0)])
+def test_downscaled_path_pure_shift_costs_nearly_nothing(dy, dx):
+    # 400 px: compared at half size; odd full-resolution shifts need the refinement step
+    images = _photo_like(batch=1, size=400, seed=5)
+    shifted = _shift(images, dy, dx)
+    assert float(visual_cost(images, shifted)) < 1e-4
+    # the same shift without pooling-aware alignment would cost clearly more
+    half = F.avg_pool2d(images, 2), F.avg_pool2d(shifted, 2)
+    if (dy, dx) != (0, 0):
+        assert float(1 - ssim(*half).min()) > 1e-3
+
+
+def test_downscaled_path_cost_grows_with_blur():
+    images = _photo_like(batch=1, size=400, seed=6)
+    costs = [float(visual_cost(images, _blur(images, s))) for s in (1.0, 2.0, 4.0)]
+    assert 0 < costs[0] < costs[1] < costs[2], costs
+    # a blur plus a shift costs what the blur alone costs
+    moved = float(visual_cost(images, _shift(_blur(images, 2.0), 3, 2)))
+    assert abs(moved - costs[1]) < 0.2 * costs[1]
+
+
+def test_quality_matches_the_separate_metrics():
+    from unlearnable.metrics import psnr, quality
+    from unlearnable.metrics import ssim as luma_ssim
+
+    images = _photo_like(batch=2, size=48)
+    blurred = _blur(images, 1.0)
+    scores = quality(images, blurred)
+    assert torch.allclose(scores.visual_cost, visual_cost(images, blurred))
+    assert torch.allclose(scores.psnr, psnr(images, blurred))
+    assert torch.allclose(scores.ssim, luma_ssim(images, blurred))
+    assert torch.isinf(quality(images, images).psnr).all()

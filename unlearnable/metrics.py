@@ -1,44 +1,67 @@
-"""Image quality of a protected copy against its original: PSNR and SSIM, per image."""
+"""Image quality of a protected copy against its original: PSNR, SSIM and the visual cost.
+
+All three are measured at viewing size (:func:`unlearnable.visual_cost.viewing_factor`: images
+of 384 px and more on the short side are average-pooled to about 256 px, as Wang et al.'s
+reference SSIM code does), so a 6 MP photo costs about as much as a thumbnail and the numbers
+describe what a viewer sees. PSNR (all channels) and SSIM (on the grey image, the mean of the
+channels) compare pixel by pixel, so a shift counts against them; the visual cost
+(:mod:`unlearnable.visual_cost`, every channel) forgives shifts.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
-import torch.nn.functional as F
-from kornia.metrics import ssim as kornia_ssim
 from torch import Tensor
 
-_LUMA = (0.299, 0.587, 0.114)
+from .visual_cost import ssim as _ssim_channels
+from .visual_cost import to_viewing_size, viewing_factor, visual_cost_at_view
 
 
 def psnr(original: Tensor, protected: Tensor) -> Tensor:
     """Peak signal-to-noise ratio in dB per image, ``(B,)``; ``inf`` for identical images.
 
-    Both inputs are ``(B, C, H, W)`` float in [0, 1] (peak 1).
+    Both inputs are ``(B, C, H, W)`` float in [0, 1] (peak 1), compared as given.
     """
-    mse = (original.float() - protected.float()).pow(2).mean(dim=(1, 2, 3))
+    mse = (original.float() - protected.float()).square().mean(dim=(1, 2, 3))
     return torch.where(
         mse > 0, -10.0 * torch.log10(mse.clamp_min(1e-20)), torch.full_like(mse, float("inf"))
     )
 
 
-def ssim(original: Tensor, protected: Tensor, window: int = 11) -> Tensor:
-    """Structural similarity per image, ``(B,)`` in [-1, 1], on the luma channel.
-
-    As Wang et al.'s reference implementation recommends, images are first downsampled by
-    ``f = max(1, round(min(H, W) / 256))`` (average pooling), so the score reflects what a viewer
-    sees and costs the same for a photo as for a thumbnail. Inputs: ``(B, C, H, W)`` in [0, 1].
-    """
-    a, b = _luma(original.float()), _luma(protected.float())
-    factor = max(1, round(min(a.shape[-2:]) / 256))
-    if factor > 1:
-        a, b = F.avg_pool2d(a, factor), F.avg_pool2d(b, factor)
-    window = min(window, *a.shape[-2:])
-    window -= 1 - window % 2  # odd
-    return kornia_ssim(a, b, window, max_val=1.0).mean(dim=(1, 2, 3))
+def ssim(original: Tensor, protected: Tensor) -> Tensor:
+    """Structural similarity per image, ``(B,)`` in [-1, 1], of the grey images (channel means)
+    at viewing size (windows as :func:`unlearnable.visual_cost.ssim`). Inputs:
+    ``(B, C, H, W)`` float in [0, 1] or uint8."""
+    factor = viewing_factor(*original.shape[-2:])
+    a = to_viewing_size(original, factor).mean(dim=1, keepdim=True)
+    b = to_viewing_size(protected, factor).mean(dim=1, keepdim=True)
+    return _ssim_channels(a, b)
 
 
-def _luma(images: Tensor) -> Tensor:
-    if images.shape[1] == 1:
-        return images
-    weights = images.new_tensor(_LUMA).view(1, 3, 1, 1)
-    return (images[:, :3] * weights).sum(dim=1, keepdim=True)
+@dataclass(frozen=True)
+class Quality:
+    """Per-image quality, each ``(B,)`` float: ``psnr`` (dB, ``inf`` when identical), ``ssim``
+    (grey) and ``visual_cost`` (shift-tolerant ``1 - SSIM``), all at viewing size."""
+
+    psnr: Tensor
+    ssim: Tensor
+    visual_cost: Tensor
+
+
+def quality(original: Tensor, protected: Tensor) -> Quality:
+    """PSNR, SSIM and visual cost of ``protected`` against ``original`` (``(B, C, H, W)``, equal
+    shapes, float in [0, 1] or uint8: uint8 avoids any full-size float copy of a large image),
+    pooling each image to viewing size once for all three."""
+    factor = viewing_factor(*original.shape[-2:])
+    original_view = to_viewing_size(original, factor)
+    protected_view = to_viewing_size(protected, factor)
+    greys = original_view.mean(dim=1), protected_view.mean(dim=1)
+    return Quality(
+        psnr=psnr(original_view, protected_view),
+        ssim=_ssim_channels(greys[0].unsqueeze(1), greys[1].unsqueeze(1)),
+        visual_cost=visual_cost_at_view(
+            original, protected, original_view, protected_view, factor, greys=greys
+        ),
+    )
