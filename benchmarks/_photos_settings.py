@@ -3,8 +3,12 @@
 A setting is one or more components joined by ``+`` and applied in order; each component is a
 name with optional ``key=value`` parameters after a colon::
 
+    photo                        the library's photo method (strength mid; the default)
+    photo:strength=0,ref=224     its strength low (0) / mid (1) / high (2), reference size,
+                                 blur=..., colour=... overrides
     cuda                         the library's CUDA preset for the file's size (strength mid)
     cuda:k=3,blur=0.3,up=2       explicit kernel size, blur and nearest upscale factor
+    cuda:k=3,blur=0.3,ref=112    filter designed at a 112 px short side (apply_cuda_at_scale)
     plaid:eps=8                  class-wise plaid pattern, L-inf 8/255 (unlearnable.protect.shortcuts)
     plaid:eps=8,n=3,lo=8,hi=16,chroma=0.3
     noise:eps=8,cells=56         class-wise cell noise (56 cells per side; smooth=1 for bilinear)
@@ -22,7 +26,14 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from unlearnable.keys import SecretKey
-from unlearnable.protect.cuda import CudaProtector, apply_cuda, cuda_filters, upscale_filters
+from unlearnable.protect.cuda import (
+    CudaProtector,
+    apply_cuda,
+    apply_cuda_at_scale,
+    cuda_filters,
+    upscale_filters,
+)
+from unlearnable.protect.photo import PhotoParams, PhotoProtector
 from unlearnable.protect.shortcuts import (
     NoiseParams,
     PlaidParams,
@@ -64,8 +75,25 @@ def _cuda(p: dict[str, float]) -> Component:
         if "k" in p or "blur" in p:
             k = int(p.get("k", 3))
             bank = cuda_filters(key, classes, k, float(p.get("blur", 0.3)))
+            if "ref" in p:
+                return apply_cuda_at_scale(images, labels, bank, int(p["ref"]))
             return apply_cuda(images, labels, upscale_filters(bank, int(p.get("up", 1))))
         protector = CudaProtector(key, classes, strength="mid")
+        return protector.apply(images, labels, protector.plan(h, w))
+
+    return step
+
+
+def _photo(p: dict[str, float]) -> Component:
+    strengths = {0: "low", 1: "mid", 2: "high"}
+    strength = strengths[int(p.get("strength", 1))]
+    defaults = PhotoParams()
+    params = PhotoParams(reference=int(p.get("ref", defaults.reference)),
+                         blur=p.get("blur", defaults.blur), colour=p.get("colour", defaults.colour))
+
+    def step(images: Tensor, labels: Tensor, classes: list[str], key: SecretKey) -> Tensor:
+        protector = PhotoProtector(key, classes, strength, params)
+        h, w = images.shape[-2:]
         return protector.apply(images, labels, protector.plan(h, w))
 
     return step
@@ -116,7 +144,7 @@ def _none(p: dict[str, float]) -> Component:
     return lambda images, labels, classes, key: images
 
 
-_BUILDERS = {"cuda": _cuda, "plaid": _plaid, "noise": _noise, "colour": _colour, "none": _none}
+_BUILDERS = {"photo": _photo, "cuda": _cuda, "plaid": _plaid, "noise": _noise, "colour": _colour, "none": _none}
 
 
 def parse_setting(spec: str) -> Setting:

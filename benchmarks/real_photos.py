@@ -21,20 +21,26 @@ and test tensors plus attack, model, training config and seed: each clean baseli
 once, and a repeated setting is not retrained (``--no-cache`` to retrain; ``--paired`` to run
 every pair through ``run_verification`` itself: same numbers, without the cache).
 
-Default run (about 10 min on 2 free CPU cores, 22 s per epoch and victim at 112 px; far
-longer when the cores are shared): the shipped CUDA default, PNG, 112 px, ERM, small-cnn 12
-epochs, 1 seed. Examples::
+Default run (about 6-10 min at one thread, 30-50 s per epoch and victim at 112 px; longer
+when the cores are shared; the clean victim is cached after the first run): the shipped
+default method ``photo``, PNG, 112 px, ERM, small-cnn 12 epochs, 1 seed. Any registered
+method's library preset runs by name (``photo``, ``photo:strength=0``, ``cuda``). Examples::
 
-    python benchmarks/real_photos.py --no-train --settings cuda "plaid:eps=32,n=1,lo=12,hi=24" \\
+    python benchmarks/real_photos.py --no-train --settings photo cuda \\
         --contact-sheet sheet.png                      # visual cost and a contact sheet only
-    python benchmarks/real_photos.py --settings cuda "plaid:eps=32,n=1,lo=12,hi=24,chroma=0.5" \\
-        --sizes 112,224 --attacks quick --seeds 0,1,2 --formats png,jpeg   # a full check
+    python benchmarks/real_photos.py --settings photo --threads 1          # README row 1
+    python benchmarks/real_photos.py --settings photo --sizes 224 --per-class 30 --epochs 6
+    python benchmarks/real_photos.py --settings photo --per-class 30 --epochs 8 \\
+        --attacks quick                                # the quick suite, smaller and shorter
+    python benchmarks/real_photos.py --settings photo cuda --sizes 112,224 --attacks quick \\
+        --seeds 0,1,2 --formats png,jpeg               # a full check (hours at one thread)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -58,7 +64,7 @@ from unlearnable.models import build_victim
 from unlearnable.verify import VerifyData, protection_score, run_verification
 from unlearnable.visual_cost import visual_cost
 
-DEFAULT_SETTING = "cuda"  # the shipped default; no stronger setting is recommended yet
+DEFAULT_SETTING = "photo"  # the shipped default method (unlearnable.protect.photo)
 RUN_CACHE = Path.home() / ".cache" / "unlearnable" / "real-photos" / "runs.json"
 
 
@@ -101,7 +107,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--per-class", type=int, default=None, help="limit training images per class")
     parser.add_argument("--cost-images", type=int, default=120, help="images the visual cost uses")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS") or 2),
+                        help="torch threads (default: $OMP_NUM_THREADS, else 2)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-cache", action="store_true", help="retrain instead of using cached runs")
     parser.add_argument("--paired", action="store_true", help="use run_verification for every pair")

@@ -1,12 +1,14 @@
 import pytest
 import torch
 
+from unlearnable.imageops import resize_center_crop
 from unlearnable.keys import SecretKey
 from unlearnable.protect.cuda import (
     CudaProtector,
     _correlate_same,
     _fft_correlate,
     apply_cuda,
+    apply_cuda_at_scale,
     cuda_filters,
     cuda_params,
     upscale_filters,
@@ -139,3 +141,47 @@ def test_protector_is_deterministic_per_key():
     labels = torch.tensor([0, 1, 0])
     plan = a.plan(32, 32)
     assert torch.equal(a.apply(images, labels, plan), b.apply(images, labels, plan))
+
+
+def test_cuda_at_scale_equals_plain_cuda_for_small_images_and_keeps_input():
+    images = torch.rand(3, 3, 40, 56)
+    before = images.clone()
+    labels = torch.tensor([0, 1, 0])
+    filters = cuda_filters(FIXED_KEY, ["a", "b"], 3, 0.3)
+    assert torch.equal(apply_cuda_at_scale(images, labels, filters, 40), apply_cuda(images, labels, filters))
+    out = apply_cuda_at_scale(images, labels, filters, 20)
+    assert out.shape == images.shape and torch.equal(images, before)
+    assert out.min() >= 0 and out.max() <= 1
+
+
+def test_cuda_at_scale_puts_the_small_filter_where_a_scraper_looks():
+    """Resized to the reference size, the output is close to the small copy filtered; the
+    change differs between classes (a shortcut) and is not the plain full-size filter."""
+    torch.manual_seed(0)
+    smooth = torch.nn.functional.interpolate(torch.rand(4, 3, 12, 12), size=(96, 96), mode="bilinear")
+    labels = torch.tensor([0, 1, 2, 3])
+    filters = cuda_filters(FIXED_KEY, ["a", "b", "c", "d"], 3, 0.3)
+    out = apply_cuda_at_scale(smooth, labels, filters, 48)
+    small = resize_center_crop(smooth, 48)
+    target = apply_cuda(small, labels, filters)
+    seen = resize_center_crop(out, 48)
+    assert (seen - target).abs().mean() < 0.25 * (small - target).abs().mean()
+    other = apply_cuda_at_scale(smooth, labels.roll(1), filters, 48)
+    assert not torch.allclose(out, other)
+
+
+def test_weaken_walks_down_the_strength_presets():
+    protector = CudaProtector(FIXED_KEY, ["a"], strength="high")
+    plan = protector.plan(224, 224)
+    blurs = []
+    while plan is not None:
+        blurs.append(plan.blur)
+        assert plan.kernel_size == 9
+        plan = protector.weaken(plan)
+    assert blurs == [0.1, 0.06, 0.03]
+    custom = CudaProtector(FIXED_KEY, ["a"], kernel_size=11, blur=0.05)
+    steps = [custom.plan(64, 64)]
+    while (step := custom.weaken(steps[-1])) is not None:
+        steps.append(step)
+    assert [s.blur for s in steps] == [0.05, 0.025, 0.0125]
+    assert all(s.kernel_size == 11 for s in steps)

@@ -52,7 +52,12 @@ def outputs(folder: Path) -> dict[str, str]:
 
 @pytest.mark.parametrize(
     ("name", "config_type"),
-    [("cuda", ul.CudaConfig), ("cluster-cuda", ul.ClusterCudaConfig), ("uc", UCMethodConfig)],
+    [
+        ("cuda", ul.CudaConfig),
+        ("cluster-cuda", ul.ClusterCudaConfig),
+        ("photo", ul.PhotoConfig),
+        ("uc", UCMethodConfig),
+    ],
 )
 def test_each_method_is_a_registry_entry_with_a_frozen_config(name, config_type):
     entry = METHODS.get(name)
@@ -70,7 +75,7 @@ def test_an_unknown_method_is_refused_with_the_choices(tmp_path):
     source = make_labelled_folder(tmp_path / "in")
     with pytest.raises(UsageError, match="unknown protection method 'blur'") as caught:
         ul.protect_directory(source, tmp_path / "out", FIXED_KEY, "blur")
-    assert "cluster-cuda, cuda, uc" in str(caught.value)
+    assert "cluster-cuda, cuda, photo, uc" in str(caught.value)
     with pytest.raises(UsageError, match="the configs are: ClusterCudaConfig"):
         ul.protect_directory(source, tmp_path / "out", FIXED_KEY, ul.UCConfig())
     assert not (tmp_path / "out").exists()

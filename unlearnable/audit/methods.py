@@ -208,6 +208,8 @@ def cuda_audit_plan(manifest: Manifest, probe_size: int) -> CudaAuditPlan:
     return CudaAuditPlan(tuple(manifest.classes), k, blur, upscale, source)
 
 
+from . import photo_plan as _photo_plan  # noqa: E402,F401  (registers the "photo" plan)
+
 __all__ = [
     "AUDIT_METHODS",
     "UNSUPPORTED_METHODS",

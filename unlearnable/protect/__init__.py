@@ -34,6 +34,7 @@ _LAZY: dict[str, str] = {
     # method configs
     "ClusterCudaConfig": ".cuda_method",
     "CudaConfig": ".cuda_method",
+    "PhotoConfig": ".photo_method",
     "UCMethodConfig": ".uc_method",
     "DEFAULT_CLUSTERS": ".uc_config",
     "DEFAULT_SURROGATE": ".uc_config",
@@ -41,6 +42,7 @@ _LAZY: dict[str, str] = {
     # CUDA
     "CudaProtector": ".cuda",
     "apply_cuda": ".cuda",
+    "PhotoProtector": ".photo",
     "cuda_filters": ".cuda",
     "cuda_params": ".cuda",
     # Unlearnable Clusters
@@ -77,6 +79,8 @@ __all__ = [  # literal, so tools can read it; the same names as _LAZY
     "MethodContext",
     "MethodOption",
     "OutputOptions",
+    "PhotoConfig",
+    "PhotoProtector",
     "ProtectRun",
     "ProtectUsageError",
     "Protector",
@@ -140,6 +144,8 @@ if TYPE_CHECKING:  # the same names, imported eagerly, for type checkers and IDE
         register_method,
         resolve_method,
     )
+    from .photo import PhotoProtector
+    from .photo_method import PhotoConfig
     from .surrogate import (
         Surrogate,
         SurrogateError,

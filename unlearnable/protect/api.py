@@ -16,7 +16,7 @@ from ..io.runner import (
 )
 from ..keys import SecretKey
 from .feature_pass import StageProgress
-from .methods import MethodContext, RunOptions, resolve_method
+from .methods import DEFAULT_METHOD, MethodContext, RunOptions, resolve_method
 
 DEFAULT_RUN = RunOptions()
 
@@ -25,7 +25,7 @@ def protect_directory(
     input_dir: str | Path,
     output_dir: str | Path,
     key: SecretKey,
-    method: Any = "cuda",
+    method: Any = DEFAULT_METHOD,
     run: RunOptions = DEFAULT_RUN,
     *,
     progress: Callable[[int, int], None] | None = None,
@@ -36,8 +36,11 @@ def protect_directory(
     ``method`` is a method config or the name of a registered method (its default config; see
     :mod:`unlearnable.protect.methods`):
 
-    * ``CudaConfig(labels="auto", strength="mid", kernel_size=None, blur=None)`` (``"cuda"``,
-      the default): a key-derived blur filter per class; ``labels`` is ``auto``, ``folders``,
+    * ``PhotoConfig(labels="auto", strength="mid", reference=112)`` (``"photo"``, the
+      default): CUDA designed at a 112 px scraper's resolution plus a key-derived colour
+      transform per class (:mod:`unlearnable.protect.photo`);
+    * ``CudaConfig(labels="auto", strength="mid", kernel_size=None, blur=None)`` (``"cuda"``):
+      a key-derived blur filter per class; ``labels`` is ``auto``, ``folders``,
       ``single`` or a CSV path (see :mod:`unlearnable.datasets`);
     * ``ClusterCudaConfig(surrogate="ViT-B-32:openai", clusters=10, strength="mid", ...)``
       (``"cluster-cuda"``): the same filters with the surrogate's k-means clusters as the

@@ -23,6 +23,20 @@ paper's code truncates; rounding is unbiased). For large images the filter can b
 by an integer factor ``d`` (nearest-neighbour, each tap becomes a ``d x d`` block) so that once a
 scraper downsizes the image by ``d`` the effective filter matches the paper's setting.
 
+Application version 2: designed at a scraper's resolution
+--------------------------------------------------------
+:func:`apply_cuda_at_scale` (used by the ``photo`` method, :mod:`unlearnable.protect.photo`)
+keeps the version-1 filters but applies them where a scraper looks: an image with short side
+``s > R`` (the reference, e.g. 112) is resized to short side ``R`` (bilinear, antialiased, size
+``round(H R / s) x round(W R / s)``), filtered and rescaled as above, and the change
+``filtered - small`` is resized back to ``H x W`` (bilinear) and added to the original, then
+clamped to [0, 1]. Images with ``s <= R`` get version 1 unchanged. The work is that of an
+``R``-pixel image plus two resizes, whatever the photo's size. The ``cuda`` method keeps
+version 1 (bit-identical outputs). Measured on the flowers benchmark (224 px files, 112 px
+scraper, ERM): a k=3, p_b=0.3 filter at the scraper's scale (``cuda:k=3,blur=0.3,up=2``) is
+no stronger than the default (PER 0.09 / 0.14 vs 0.11 / 0.12): on photographs the blur is
+not what protects; see :mod:`unlearnable.protect.photo`.
+
 Strength presets (by the image's short side ``s``)
 --------------------------------------------------
 ======================  ====  =====  =====  =====  ==============================
@@ -58,6 +72,7 @@ _STRENGTH_SCALE = {"low": 0.5, "mid": 1.0, "high": 5.0 / 3.0}
 _SIZE_BUCKETS = ((48, 3, 0.30), (96, 5, 0.15), (160, 7, 0.09), (math.inf, 9, 0.06))
 _REFERENCE_SIZE = 224
 _UPSCALE_FROM = 336
+_MIN_BLUR = 0.01  # weaken() stops here for kernel sizes without presets
 # Above this many filter taps x pixels, FFT convolution is faster than direct convolution on CPU.
 _FFT_THRESHOLD = 25 * 512 * 512
 
@@ -92,6 +107,18 @@ def cuda_params(
     chosen_blur = mid_blur * _STRENGTH_SCALE[strength] if blur is None else blur
     validate_blur(chosen_blur)
     return CudaParams(kernel_size=k, blur=round(float(chosen_blur), 6), upscale=upscale)
+
+
+def weaker_cuda_params(plan: CudaParams) -> CudaParams | None:
+    """The next rung down the strength ladder of ``plan`` (see :meth:`CudaProtector.weaken`)."""
+    mids = [mid for _, k, mid in _SIZE_BUCKETS if k == plan.kernel_size]
+    if mids:
+        rungs = sorted(round(mids[0] * scale, 6) for scale in _STRENGTH_SCALE.values())
+        lower = [blur for blur in rungs if blur < plan.blur - 1e-9]
+        blur = lower[-1] if lower else None
+    else:
+        blur = round(plan.blur / 2, 6) if plan.blur / 2 >= _MIN_BLUR else None
+    return None if blur is None else CudaParams(plan.kernel_size, blur, plan.upscale)
 
 
 def cuda_filters(
@@ -150,6 +177,36 @@ def apply_cuda(images: Tensor, labels: Tensor, filters: Tensor) -> Tensor:
         out[index] = _correlate_same(x[index], filters[label])
     peak = out.amax(dim=(1, 2, 3), keepdim=True)
     return torch.where(peak > 1e-12, out / peak.clamp_min(1e-12), out).clamp_(0.0, 1.0)
+
+
+def apply_cuda_at_scale(images: Tensor, labels: Tensor, filters: Tensor, reference: int) -> Tensor:
+    """CUDA designed at a scraper's resolution (application version 2).
+
+    An image whose short side ``s`` exceeds ``reference`` is resized (bilinear, antialiased) to
+    short side ``reference``; :func:`apply_cuda` filters that small copy, and the change it
+    made (``filtered - small``) is resized back (bilinear) and added to the full-resolution
+    image, then clamped to [0, 1]. A scraper that resizes the output to ``reference`` sees
+    (up to resampling) the small copy filtered, i.e. the filter at the scale it was designed
+    for, and the work is that of a small image plus two resizes. Images with ``s <=
+    reference`` are filtered directly (exactly :func:`apply_cuda`).
+
+    images ``(B, C, H, W)`` float in [0, 1]; labels ``(B,)`` int64; filters ``(K, k, k)``;
+    returns float32 ``(B, C, H, W)`` in [0, 1]. The input is not modified.
+    """
+    if images.ndim != 4:
+        raise ValueError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
+    if reference < 8:
+        raise ValueError(f"reference must be >= 8 px, got {reference}")
+    height, width = images.shape[-2:]
+    short = min(height, width)
+    if short <= reference:
+        return apply_cuda(images, labels, filters)
+    x = images.float()
+    size = (max(1, round(height * reference / short)), max(1, round(width * reference / short)))
+    small = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+    change = apply_cuda(small, labels, filters) - small
+    change = F.interpolate(change, size=(height, width), mode="bilinear", align_corners=False)
+    return (x + change).clamp_(0.0, 1.0)
 
 
 def _correlate_same(x: Tensor, kernel: Tensor) -> Tensor:
@@ -218,6 +275,17 @@ class CudaProtector:
 
     def describe_plan(self, plan: CudaParams) -> dict:
         return {"kernel_size": plan.kernel_size, "blur": plan.blur, "upscale": plan.upscale}
+
+    def weaken(self, plan: CudaParams) -> CudaParams | None:
+        """The next weaker plan for a visual-cost budget, or None when there is none.
+
+        The ladder is the strength presets of the plan's kernel size (high -> mid -> low, see
+        the module docstring): the largest preset blur below ``plan.blur``. A kernel size
+        without presets (an explicit ``kernel_size``) halves the blur down to ``_MIN_BLUR``.
+        Kernel size and upscale are kept, so the filter shape (and its key-dependent tap)
+        stays; only the blur entries shrink.
+        """
+        return weaker_cuda_params(plan)
 
     def filters(self, kernel_size: int, blur: float) -> Tensor:
         """``(len(classes), k, k)`` filters for this key (cached)."""

@@ -14,6 +14,8 @@ Built-in entries (``unlearnable protect --method NAME``):
 * ``cuda`` (:class:`~.cuda_method.CudaConfig`): a key-derived blur filter per class;
 * ``cluster-cuda`` (:class:`~.cuda_method.ClusterCudaConfig`): the same filters on the k-means
   clusters of a surrogate's features (label-agnostic; the CLI's ``--labels clusters``);
+* ``photo`` (:class:`~.photo_method.PhotoConfig`): for photographs, CUDA designed at a
+  scraper's resolution plus a key-derived colour transform per class;
 * ``uc`` (:class:`~.uc_method.UCMethodConfig`): Unlearnable Clusters.
 
 This module and the entry modules are importable without torch (the CLI lists the entries
@@ -94,8 +96,13 @@ if TYPE_CHECKING:
 Prepare = Callable[[Any, "MethodContext"], "FolderJob"]
 """``prepare(config, context) -> FolderJob``: what a method does before the files are written."""
 
-BUILTIN_METHOD_MODULES = (".cuda_method", ".uc_method")
+BUILTIN_METHOD_MODULES = (".cuda_method", ".photo_method", ".uc_method")
 """Modules (relative to :mod:`unlearnable.protect`) whose entries are registered on first use."""
+
+DEFAULT_METHOD = "photo"
+"""The method ``unlearnable protect`` and :func:`~unlearnable.protect.protect_directory` use when
+none is named: the best trade-off measured on real photographs (``benchmarks/real_photos.py``;
+README, "What protection to expect")."""
 
 
 def _default_output() -> OutputOptions:
@@ -108,7 +115,9 @@ def _default_output() -> OutputOptions:
 class RunOptions:
     """How a protect run goes, whatever the method.
 
-    ``output``: how files are written (:class:`~unlearnable.io.runner.OutputOptions`).
+    ``output``: how files are written (:class:`~unlearnable.io.runner.OutputOptions`), including
+    the per-file visual-cost budget ``max_visual_cost``, e.g.
+    ``RunOptions(output=OutputOptions(max_visual_cost=0.05))``.
     ``resume``: continue a run in a non-empty output folder (files done with the same key and
     settings are kept). ``workers``: processes for reading, protecting and writing files
     (default: the CPUs this process may use); ``executor`` replaces that pool by any
@@ -146,10 +155,15 @@ class MethodContext:
     key: SecretKey
     run: RunOptions
     stage_progress: StageProgress | None = None
+    labeller: Callable[[str], LabelAssignment] | None = None
+    """Labels of records that are not files of a folder (shards, Parquet rows, a batch):
+    ``labeller(source) -> LabelAssignment``; None: :func:`unlearnable.datasets.assign_labels`."""
 
     def assign_labels(self, source: str | Path) -> LabelAssignment:
         """Labels of :attr:`files` from ``source``: ``auto``, ``folders``, ``single`` or a CSV
         file (see :mod:`unlearnable.datasets`); a bad source raises a ``UsageError``."""
+        if self.labeller is not None:
+            return self.labeller(str(source))
         from ..datasets import assign_labels
 
         return assign_labels(self.input_dir, self.files, str(source))

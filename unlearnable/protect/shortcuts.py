@@ -21,8 +21,10 @@ Measured on the flowers benchmark (``benchmarks/real_photos.py``: 224 px files, 
 at 112 px, small-cnn 12 epochs, ERM, 1 seed; clean 73.8%): plaids at L-inf 8/255 (3
 components) and 12/255 (1 component, 12-24 cycles) and cell noise at 8/255 change nothing (PER
 <= 0.03), nor does a single plaid at 20/255 (PER 0.01, visual cost 0.14); the same plaid at
-32/255 gives PER 0.56 peak / 0.69 last, at a visual cost (0.25) as high as CUDA's. None is a default yet: the budget curve and the countermeasure suite still
-have to be measured.
+32/255 gives PER 0.56 peak / 0.69 last, at a visual cost (0.25) as high as CUDA's. The
+colour transform is what works: stacked on a k=3 CUDA filter at the scraper's scale, strength
+0.1 gives PER 0.37 / 0.37 (visual cost 0.24) and strength 0.2 gives 0.65 / 0.65 (cost 0.22);
+that stack is the ``photo`` method (:mod:`unlearnable.protect.photo`), now the default.
 
 Derivation (plaid version 1, reproducible from this text alone)
 ----------------------------------------------------------------
@@ -112,7 +114,9 @@ class PlaidParams:
             raise ValueError(f"chroma must be in [0, 1], got {self.chroma}")
 
 
-def plaid_spec(key: SecretKey, labels: Sequence[str], params: PlaidParams = PlaidParams()) -> Tensor:
+def plaid_spec(
+    key: SecretKey, labels: Sequence[str], params: PlaidParams = PlaidParams()
+) -> Tensor:
     """The key-derived numbers of every class's plaid (see the module docstring).
 
     Returns float64 ``(len(labels), components, 7)``: per component
@@ -184,14 +188,18 @@ class NoiseParams:
             raise ValueError(f"chroma must be in [0, 1], got {self.chroma}")
 
 
-def noise_grids(key: SecretKey, labels: Sequence[str], params: NoiseParams = NoiseParams()) -> Tensor:
+def noise_grids(
+    key: SecretKey, labels: Sequence[str], params: NoiseParams = NoiseParams()
+) -> Tensor:
     """The key-derived cell values: float32 ``(len(labels), 3, cells, cells)`` in [-1, 1]."""
     g = params.cells
     grids = np.empty((len(labels), 3, g, g), dtype=np.float64)
     for index, label in enumerate(labels):
         context = NOISE_CONTEXT.format(version=NOISE_VERSION, cells=g, label=label)
         u = 2 * key_uniforms(key, context, 4 * g * g).reshape(g, g, 4) - 1
-        grids[index] = ((1 - params.chroma) * u[..., :1] + params.chroma * u[..., 1:]).transpose(2, 0, 1)
+        grids[index] = ((1 - params.chroma) * u[..., :1] + params.chroma * u[..., 1:]).transpose(
+            2, 0, 1
+        )
     return torch.from_numpy(grids).float()
 
 

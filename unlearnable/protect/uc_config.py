@@ -88,4 +88,3 @@ class UCConfig:
         values = asdict(self)
         values["lr"] = self.learning_rate
         return values
-
