@@ -133,7 +133,7 @@ def test_report_json(verified) -> None:
     report = verified["result"].to_json()
     validate_report(report)
     json.dumps(report, allow_nan=False)
-    assert report["schema"] == SCHEMA and report["schema_version"] == 1
+    assert report["schema"] == SCHEMA and report["schema_version"] == 2
     assert set(report["versions"]) == {"unlearnable", "torch", "python"}
     assert report["thresholds"] == {"protected": 0.7, "weak": 0.3, "score": "per_peak"}
     assert report["config"]["epochs"] == EPOCHS
@@ -141,6 +141,20 @@ def test_report_json(verified) -> None:
     assert [r["train_set"] for r in runs] == ["clean", "protected"]
     assert len(runs[0]["epochs"]) == EPOCHS
     assert report["data"]["image_shape"] == [3, SIZE, SIZE]
+    assert report["data"]["image_sizes"] == [SIZE]
+    assert all(a["image_size"] == SIZE for a in report["attacks"])
+    (row,) = report["per_by_size"]
+    assert row["image_size"] == SIZE and row["worst_attack"] == report["worst_attack"]
+    assert row["per_peak"] == report["worst_per"] and row["verdict"] == report["verdict"]
+
+
+def test_version_1_reports_still_validate(verified) -> None:
+    report = copy.deepcopy(verified["result"].to_json())
+    report["schema_version"] = 1
+    del report["per_by_size"]
+    for attack in report["attacks"]:
+        del attack["image_size"]
+    validate_report(report)
 
 
 def _mutations() -> list[tuple[str, object]]:
@@ -162,7 +176,10 @@ def _mutations() -> list[tuple[str, object]]:
 
     return [
         ("schema", put("something-else", "schema")),
-        ("schema_version", put(2, "schema_version")),
+        ("schema_version", put(3, "schema_version")),
+        ("per_by_size", drop("per_by_size")),
+        ("image_size", put("big", "attacks", 0, "image_size")),
+        ("per_by_size", put("nope", "per_by_size", 0, "worst_attack")),
         ("verdict", put("great", "verdict")),
         ("worst_attack", put("nope", "worst_attack")),
         ("seeds", put([], "seeds")),

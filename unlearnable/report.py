@@ -6,9 +6,10 @@
 * ``config.json``: what was run (model, training config, seeds, attacks, thresholds, data
   sizes, versions and the git commit of the code (``provenance``), plus the caller's
   ``extra_config`` such as input paths, the full options and the budget name);
-* ``report.json``: the full report (schema ``unlearnable.verify-report``, version 1);
+* ``report.json``: the full report (schema ``unlearnable.verify-report``, version 2);
 * ``epochs.csv``: one row per attack x training set x seed x epoch;
 * ``accuracy_<attack>.png``: test accuracy per epoch, clean vs protected, with chance level;
+* ``per_by_size.png`` (verifications at several image sizes): peak PER per scraper resolution;
 * ``report.md``: verdict, thresholds, a table per attack, the curves and what the run does and
   does not show.
 
@@ -73,6 +74,34 @@ def plot_filenames(report: dict[str, Any]) -> dict[str, str]:
     return names
 
 
+PER_BY_SIZE_PLOT = "per_by_size.png"
+"""The plot of peak PER against the scraper's resolution (written for several sizes)."""
+
+
+def plot_per_by_size(report: dict[str, Any]) -> bytes:
+    """PNG bytes: peak PER of every attack (one line each) against the image size the victims
+    trained at, with the verdict thresholds as dashed lines."""
+    from .plots import Series, line_plot
+
+    lines: dict[str, tuple[list[float], list[float]]] = {}
+    for attack in report["attacks"]:
+        if attack.get("image_size") is None:
+            continue
+        base = attack["name"].rsplit("@", 1)[0]
+        xs, ys = lines.setdefault(base, ([], []))
+        xs.append(float(attack["image_size"]))
+        ys.append(float("nan") if attack["per_peak"] is None else float(attack["per_peak"]))
+    th = report["thresholds"]
+    return line_plot(
+        [Series(name, xs, ys) for name, (xs, ys) in lines.items()],
+        "PER (peak) per scraper resolution",
+        "image size the scraper trains at (px)",
+        "PER",
+        hlines={"protected": th["protected"], "weak": th["weak"]},
+        y_range=(-0.2, 1.0),
+    )
+
+
 def write_run_folder(
     result: VerifyResult | dict[str, Any],
     folder: str | Path,
@@ -94,6 +123,8 @@ def write_run_folder(
     plots = plot_filenames(report)
     for attack in report["attacks"]:
         atomic_write_bytes(folder / plots[attack["name"]], plot_accuracy(attack, plot_backend))
+    if len(report.get("per_by_size", [])) > 1:
+        atomic_write_bytes(folder / PER_BY_SIZE_PLOT, plot_per_by_size(report))
     atomic_write_text(folder / "epochs.csv", epochs_csv(report))
     atomic_write_text(folder / "config.json", _json_text(run_config(report, extra_config)))
     atomic_write_text(folder / "report.md", markdown_report(report, plots))
@@ -405,6 +436,9 @@ def markdown_report(report: dict[str, Any], plots: dict[str, str] | None = None)
     )
     lines.append(f"- Seeds: {', '.join(str(s) for s in report['seeds'])}")
     shape = "x".join(str(v) for v in data["image_shape"])
+    sizes = data.get("image_sizes") or []
+    if len(sizes) > 1:
+        shape = f"at {len(sizes)} sizes: " + ", ".join(f"{size} px" for size in sizes)
     lines.append(
         f"- Data: {data['num_train']} training images (protected copy and clean copy, same "
         f"labels), {data['num_test']} clean test images, {shape}, {data['num_classes']} classes"
@@ -440,6 +474,28 @@ def markdown_report(report: dict[str, Any], plots: dict[str, str] | None = None)
         f"{50 / math.sqrt(max(1, data['num_test'])):.1f} percentage points.",
         "",
     ]
+
+    size_rows = report.get("per_by_size") or []
+    if len(size_rows) > 1:
+        lines += ["## PER per scraper resolution", ""]
+        lines.append(
+            "| Image size | Worst attack | PER (peak) | PER (last) | Verdict at this size |"
+        )
+        lines.append("|---:|---|---:|---:|---|")
+        for row in size_rows:
+            size = f"{row['image_size']} px" if row["image_size"] else "-"
+            lines.append(
+                f"| {size} | {row['worst_attack'] or '-'} | {_score(row['per_peak'])} "
+                f"| {_score(row['per_last'])} | {row['verdict']} |"
+            )
+        lines += [
+            "",
+            "Every attack was run at each size (victims trained on the images resized to S x S); "
+            "the verdict above is that of the worst size.",
+            "",
+            f"![PER per scraper resolution]({PER_BY_SIZE_PLOT})",
+            "",
+        ]
 
     lines += ["## Accuracy curves", ""]
     for a in attacks:

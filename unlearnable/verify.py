@@ -27,6 +27,12 @@ can stop training at its best epoch (early stopping on a small labelled set is a
 countermeasure). ``"protected"`` if it is ``>= thresholds.protected`` (default 0.7), ``"weak"``
 if ``>= thresholds.weak`` (default 0.3), else ``"not protected"``; ``"inconclusive"`` if the PER
 of any attack is undefined (an attack whose baseline did not learn could hide the worst case).
+
+Scraper resolutions: every attack records the square ``image_size`` its victims trained at. A
+verification at several sizes (:func:`unlearnable.verify_run.verify_folders` with several
+``image_size`` s) holds one attack result per attack and size (named ``erm@112px``, ...), so
+the worst case, and so the verdict, is that of the worst size; ``per_by_size`` gives one row
+per size.
 """
 
 from __future__ import annotations
@@ -54,7 +60,9 @@ from .provenance import provenance
 from .run_folder import finite
 
 SCHEMA = "unlearnable.verify-report"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""Version 2 added each attack's ``image_size``, the report's ``per_by_size`` rows (one per
+scraper resolution) and ``data.image_sizes``; version 1 reports still validate."""
 VERDICTS = ("protected", "weak", "not protected", "inconclusive")
 TRAIN_SETS = ("clean", "protected")
 
@@ -255,6 +263,7 @@ class AttackResult:
     params: dict[str, Any]
     chance: float
     runs: list[RunRecord] = field(default_factory=list)
+    image_size: int | None = None  # the square size the victims trained at
 
     def summary(self, train_set: str) -> AccuracySummary:
         """Peak/last accuracies of ``train_set`` ("clean" or "protected") over seeds."""
@@ -308,6 +317,7 @@ class AttackResult:
         return finite(
             {
                 "name": self.name,
+                "image_size": self.image_size,
                 "params": self.params,
                 "chance": self.chance,
                 "clean": self.summary("clean").to_json(),
@@ -335,6 +345,7 @@ class VerifyResult:
     created: str = field(
         default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds")
     )
+    warnings: list[str] = field(default_factory=list)  # run-level notes from the caller
 
     @property
     def worst(self) -> AttackResult | None:
@@ -352,7 +363,7 @@ class VerifyResult:
     @property
     def notes(self) -> list[str]:
         """Run-level notes (per-attack notes are prefixed with the attack name)."""
-        notes = [f"{a.name}: {n}" for a in self.attacks for n in a.notes]
+        notes = list(self.warnings) + [f"{a.name}: {n}" for a in self.attacks for n in a.notes]
         undefined = [a.name for a in self.attacks if a.per_peak is None]
         if undefined:
             notes.insert(
@@ -363,7 +374,7 @@ class VerifyResult:
         return notes
 
     def to_json(self) -> dict[str, Any]:
-        """The report dict (``schema`` ``unlearnable.verify-report``, ``schema_version`` 1)."""
+        """The report dict (``schema`` ``unlearnable.verify-report``, ``schema_version`` 2)."""
         worst = self.worst
         return finite(
             {
@@ -379,10 +390,36 @@ class VerifyResult:
                 "verdict": self.verdict,
                 "worst_attack": worst.name if worst is not None else None,
                 "worst_per": worst.per_peak if worst is not None else None,
+                "per_by_size": per_by_size(self.attacks, self.thresholds),
                 "notes": self.notes,
                 "attacks": [a.to_json() for a in self.attacks],
             }
         )
+
+
+def per_by_size(attacks: Sequence[AttackResult], thresholds: Thresholds) -> list[dict[str, Any]]:
+    """One row per scraper resolution (the attacks' ``image_size``, in order of appearance):
+    ``image_size``, the ``worst_attack`` there, its ``per_peak`` / ``per_last`` and the
+    ``verdict`` that size alone would get. The run's verdict is that of the worst row."""
+    sizes = list(dict.fromkeys(a.image_size for a in attacks))
+    rows = []
+    for size in sizes:
+        group = [a for a in attacks if a.image_size == size]
+        scored = [a for a in group if a.per_peak is not None]
+        worst = min(scored, key=lambda a: a.per_peak) if scored else None  # type: ignore[arg-type, return-value]
+        verdict = "inconclusive"
+        if worst is not None and worst.per_peak is not None and len(scored) == len(group):
+            verdict = verdict_for(worst.per_peak, thresholds)
+        rows.append(
+            {
+                "image_size": size,
+                "worst_attack": worst.name if worst is not None else None,
+                "per_peak": worst.per_peak if worst is not None else None,
+                "per_last": worst.per_last if worst is not None else None,
+                "verdict": verdict,
+            }
+        )
+    return rows
 
 
 def verdict_for(per: float, thresholds: Thresholds) -> str:
@@ -487,7 +524,8 @@ def run_verification(
     run_index = 0
     results: list[AttackResult] = []
     for attack in attack_objs:
-        result = AttackResult(attack.name, attack.describe(), chance)
+        square = height if height == width else None
+        result = AttackResult(attack.name, attack.describe(), chance, image_size=square)
         test_view = _test_view(attack, data.test_images)
         for seed in seeds:
             stream = derive_seed(seed, "prepare_train")
@@ -528,6 +566,7 @@ def run_verification(
         "class_names": list(data.class_names),
         "scraper_labels": data.scraper_labels is not None,
         "chance": chance,
+        "image_sizes": [int(height)] if height == width else [],
     }
     return VerifyResult(model, config, [int(s) for s in seeds], thresholds, results, data_info)
 
@@ -557,6 +596,7 @@ __all__ = [
     "VerifyData",
     "VerifyProgress",
     "VerifyResult",
+    "per_by_size",
     "protection_score",
     "run_verification",
     "verdict_for",

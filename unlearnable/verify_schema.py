@@ -1,11 +1,15 @@
-"""The ``unlearnable.verify-report`` schema (version 1): :func:`validate_report` checks a
-report dict (e.g. read back from a ``report.json``) before it is written or plotted."""
+"""The ``unlearnable.verify-report`` schema (version 2; version 1 reports still validate):
+:func:`validate_report` checks a report dict (e.g. read back from a ``report.json``) before it
+is written or plotted. Version 2 added ``per_by_size`` (one row per scraper resolution) and each
+attack's ``image_size``."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from .verify import SCHEMA, SCHEMA_VERSION, TRAIN_SETS, VERDICTS
+
+READABLE_VERSIONS = (1, SCHEMA_VERSION)
 
 
 def _fail(path: str, message: str) -> None:
@@ -40,7 +44,7 @@ _NUM = (int, float)
 
 
 def validate_report(d: dict) -> None:
-    """Check that ``d`` follows the ``unlearnable.verify-report`` schema (version 1).
+    """Check that ``d`` follows the ``unlearnable.verify-report`` schema (version 1 or 2).
 
     Raises ``ValueError`` naming the first offending path (e.g. ``report.attacks[0].runs[1]``)
     and what is wrong with it; returns ``None`` for a valid report.
@@ -51,8 +55,11 @@ def validate_report(d: dict) -> None:
     if _require(d, r, "schema", str) != SCHEMA:
         _fail(f"{r}.schema", f"expected {SCHEMA!r}, got {d['schema']!r}")
     version = _require(d, r, "schema_version", int)
-    if version != SCHEMA_VERSION:
-        _fail(f"{r}.schema_version", f"this version reads version {SCHEMA_VERSION}, got {version}")
+    if version not in READABLE_VERSIONS:
+        _fail(
+            f"{r}.schema_version",
+            f"this version reads versions {', '.join(map(str, READABLE_VERSIONS))}, got {version}",
+        )
     _require(d, r, "created", str)
     vers = _require(d, r, "versions", dict)
     for key in ("unlearnable", "torch", "python"):
@@ -86,15 +93,35 @@ def validate_report(d: dict) -> None:
     attacks = _require(d, r, "attacks", list)
     if not attacks:
         _fail(f"{r}.attacks", "expected at least one attack")
-    names = [_validate_attack(a, f"{r}.attacks[{i}]") for i, a in enumerate(attacks)]
+    names = [_validate_attack(a, f"{r}.attacks[{i}]", version) for i, a in enumerate(attacks)]
     if worst is not None and worst not in names:
         _fail(f"{r}.worst_attack", f"{worst!r} is not one of the attacks {names}")
+    if version >= 2:
+        _validate_sizes(d, r, names)
     if verdict != "inconclusive" and worst is None:
         _fail(f"{r}.worst_attack", f"verdict {verdict!r} needs a worst attack")
 
 
-def _validate_attack(a: Any, path: str) -> str:
+def _validate_sizes(d: dict, r: str, names: list[str]) -> None:
+    rows = _require(d, r, "per_by_size", list)
+    if not rows:
+        _fail(f"{r}.per_by_size", "expected at least one row")
+    for i, row in enumerate(rows):
+        rp = f"{r}.per_by_size[{i}]"
+        _require(row, rp, "image_size", int, nullable=True)
+        worst = _require(row, rp, "worst_attack", str, nullable=True)
+        if worst is not None and worst not in names:
+            _fail(f"{rp}.worst_attack", f"{worst!r} is not one of the attacks {names}")
+        _require(row, rp, "per_peak", _NUM, nullable=True)
+        _require(row, rp, "per_last", _NUM, nullable=True)
+        if _require(row, rp, "verdict", str) not in VERDICTS:
+            _fail(f"{rp}.verdict", f"expected one of {VERDICTS}, got {row['verdict']!r}")
+
+
+def _validate_attack(a: Any, path: str, version: int = SCHEMA_VERSION) -> str:
     name = _require(a, path, "name", str)
+    if version >= 2:
+        _require(a, path, "image_size", int, nullable=True)
     _require(a, path, "params", dict)
     _require(a, path, "chance", _NUM)
     for train_set in TRAIN_SETS:

@@ -61,6 +61,45 @@ def verify_table(report: dict) -> Table:
     return table
 
 
+def size_table(report: dict) -> Table:
+    """One row per scraper resolution: the worst attack there and its PER."""
+    table = Table(title="PER per scraper resolution", title_justify="left")
+    for column in ("image size", "worst attack", "PER peak", "PER last", "verdict"):
+        table.add_column(column, justify="right" if column.startswith("PER") else "left")
+    for row in report["per_by_size"]:
+        table.add_row(
+            f"{row['image_size']} px" if row["image_size"] else "-",
+            row["worst_attack"] or "-",
+            "-" if row["per_peak"] is None else f"{row['per_peak']:.2f}",
+            "-" if row["per_last"] is None else f"{row['per_last']:.2f}",
+            row["verdict"],
+        )
+    return table
+
+
+def parse_sizes(values: tuple[str, ...]) -> int | tuple[int, ...] | None:
+    """``--image-size`` values (``112,224`` and/or repeated) -> None, one size or a tuple."""
+    sizes: list[int] = []
+    for value in values:
+        for part in value.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            try:
+                size = int(part)
+            except ValueError:
+                raise click.BadParameter(
+                    f"{part!r} is not a size", param_hint="--image-size"
+                ) from None
+            if size < 8:
+                raise click.BadParameter(f"{size} is below 8", param_hint="--image-size")
+            sizes.append(size)
+    unique = tuple(dict.fromkeys(sizes))
+    if not unique:
+        return None
+    return unique[0] if len(unique) == 1 else unique
+
+
 def run_verify(protected, clean_train, test, options, output, quiet: bool):
     """``verify_folders`` with progress bars; returns the :class:`VerifyRun`."""
     from ..verify_run import verify_folders
@@ -163,9 +202,12 @@ def verify_options(function):
         ),
         click.option(
             "--image-size",
-            type=click.IntRange(8),
-            default=None,
-            help="Resize/crop images to S x S (default: follows the data).",
+            "image_sizes",
+            multiple=True,
+            metavar="S[,S...]",
+            help="Resize/crop images to S x S (default: follows the data). Several sizes "
+            "(--image-size 112,224 or repeated) run the comparison at each scraper resolution; "
+            "the verdict uses the worst.",
         ),
         click.option(
             "--ratio",
@@ -232,7 +274,7 @@ def verify_command(
     model,
     epochs,
     seeds,
-    image_size,
+    image_sizes,
     ratio,
     pgd_steps,
     protected_threshold,
@@ -266,7 +308,7 @@ def verify_command(
         model=model,
         epochs=epochs,
         seeds=seeds,
-        image_size=image_size,
+        image_size=parse_sizes(image_sizes),
         device=device,
         thresholds=Thresholds(protected=protected_threshold, weak=weak_threshold),
         ratio=ratio,
@@ -280,6 +322,8 @@ def verify_command(
         print_json(report)
         return
     out_console.print(verify_table(report))
+    if len(report.get("per_by_size", [])) > 1:
+        out_console.print(size_table(report))
     thresholds = report["thresholds"]
     worst = report["worst_per"]
     out_console.print(
@@ -293,7 +337,10 @@ def verify_command(
             f"saved {len(run.model_paths)} models in {run.folder / 'models'}", highlight=False
         )
     for text in report["notes"]:
-        note(text)
+        if text in run.warnings:
+            warn(text)
+        else:
+            note(text)
     if run.input_mismatches:
         shown = ", ".join(run.input_mismatches[:5])
         warn(
