@@ -3,7 +3,9 @@
 It records the tool version, the method and its parameters, the key *fingerprint* (never the
 key), the label mapping, and per input file: relative path, label, status (``ok`` or
 ``error``; ``skipped`` for files deliberately left out, such as hidden files), input and output
-sha256, sizes, the protection parameters used, PSNR and SSIM, or the error message.
+sha256, sizes, the protection parameters used, PSNR, SSIM and the visual cost (all at
+viewing size, :mod:`unlearnable.metrics`; under a visual-cost budget also how often the plan
+was weakened and whether the file is still over the budget), or the error message.
 ``--resume`` reads it (and the run's journal, :mod:`unlearnable.io.journal`) to skip files
 already done with the same key and parameters.
 
@@ -29,7 +31,11 @@ from .atomic import atomic_write_text
 
 MANIFEST_NAME = "unlearnable-manifest.json"
 SCHEMA = "unlearnable.manifest"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+"""Version 2 added each file's ``visual_cost`` (and ``weakened``/``over_budget`` under a
+budget) and the summary's visual-cost entries; version 1 manifests read as they are (their
+records have no visual cost)."""
 STATUSES = frozenset({"ok", "error", "skipped"})
 _PATH_FIELDS = ("path", "output_path")
 
@@ -55,6 +61,9 @@ class FileRecord:
     params: dict[str, Any] | None = None
     psnr: float | None = None
     ssim: float | None = None
+    visual_cost: float | None = None  # shift-tolerant 1 - SSIM (schema version 2 on)
+    weakened: int | None = None  # times the plan was weakened to meet the visual-cost budget
+    over_budget: bool | None = None  # True: over the budget even at the weakest plan
     cluster: int | None = None
     error: str | None = None
     reason: str | None = None  # why a ``skipped`` file was left out
@@ -190,9 +199,10 @@ def manifest_from_json(data: Any, path: Path | str, files: bool = True) -> Manif
     """A :class:`Manifest` from its JSON (``files=False``: a journal header, no files)."""
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
         raise ManifestError(f"{path} is not an unlearnable manifest")
-    if data.get("schema_version") != SCHEMA_VERSION:
+    if data.get("schema_version") not in READABLE_VERSIONS:
         raise ManifestError(
-            f"{path} has schema version {data.get('schema_version')}; this tool reads {SCHEMA_VERSION}"
+            f"{path} has schema version {data.get('schema_version')}; this tool reads "
+            f"{', '.join(map(str, READABLE_VERSIONS))}"
         )
     try:
         classes_map = data["labels"]["classes"]

@@ -403,6 +403,7 @@ def _summary(
     skipped = sum(r.status == "skipped" for r in records)
     finite_psnr = [r.psnr for r in ok if r.psnr is not None and np.isfinite(r.psnr)]
     ssims = [r.ssim for r in ok if r.ssim is not None]
+    costs = [r.visual_cost for r in ok if r.visual_cost is not None]
     processed = len(ok) - resumed
     return {
         "files": len(records),
@@ -412,6 +413,10 @@ def _summary(
         "resumed": resumed,
         "mean_psnr": round(float(np.mean(finite_psnr)), 3) if finite_psnr else None,
         "mean_ssim": round(float(np.mean(ssims)), 5) if ssims else None,
+        "mean_visual_cost": round(float(np.mean(costs)), 5) if costs else None,
+        "max_visual_cost": round(float(np.max(costs)), 5) if costs else None,
+        "weakened": sum(bool(r.weakened) for r in ok),
+        "over_budget": sum(bool(r.over_budget) for r in ok),
         "seconds": round(seconds, 3),
         "images_per_second": round(processed / seconds, 2) if seconds > 0 else None,
         "lossy_output": lossy,

@@ -5,8 +5,16 @@ of :class:`Task` s; the :class:`WorkContext` (folders, protector, output options
 every chunk. Images of one chunk with equal sizes and equal plans (see :class:`Protector`) are
 protected together as one ``(B, C, H, W)`` float tensor in [0, 1], at most
 :data:`BATCH_PIXELS` pixels per batch. Every file gets a :class:`~.manifest.FileRecord`: ``ok``
-with hashes, sizes, the plan, PSNR and SSIM (of the file as written, so a lossy format counts),
-or ``error`` with the reason.
+with hashes, sizes, the plan, PSNR, SSIM and visual cost (:func:`unlearnable.metrics.quality`,
+at viewing size, of the file as written, so a lossy format counts), or ``error`` with the
+reason.
+
+Visual-cost budget (``OutputOptions.max_visual_cost``): after a group is protected and encoded,
+the files over the budget are protected again with ``protector.weaken(plan)`` (the next weaker
+plan), and again, until they fit or ``weaken`` returns None; such a file is then written at the
+weakest plan and flagged ``over_budget`` (it is not refused: the user sees it in the record and
+the summary and can choose a lower budget or another method). Only the final version of a file
+is written; its record holds the final plan, its cost and how many times it was weakened.
 
 Memory: a batch needs about :data:`~unlearnable.io.memory.BYTES_PER_PIXEL` (100) bytes per
 pixel at its peak, so batches are capped at :data:`BATCH_PIXELS`; a batch of a large image
@@ -26,8 +34,9 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from ..errors import UsageError
 from ..imageops import to_uint8
-from ..metrics import psnr, ssim
+from ..metrics import quality
 from .atomic import atomic_write_bytes
 from .hashing import sha256_bytes
 from .images import (
@@ -71,21 +80,45 @@ class Protector(Protocol):
         """``images (B, C, H, W)`` float in [0, 1], ``label_ids (B,)`` -> protected, same shape."""
         ...
 
+    # Optional: ``weaken(plan) -> plan | None``, the next weaker plan (None when there is none),
+    # used when a file exceeds ``OutputOptions.max_visual_cost``. A protector without it is
+    # never weakened: its files over the budget are flagged.
+
 
 @dataclass(frozen=True)
 class OutputOptions:
     """How protected files are written: ``format`` ``keep`` (each file's own), ``png``,
     ``jpeg`` or ``webp``; ``quality`` for JPEG/WebP (None: JPEG keeps the source's tables,
-    WebP 90); ``strip_gps`` removes GPS from the EXIF; images above ``max_pixels`` are refused."""
+    WebP 90); ``strip_gps`` removes GPS from the EXIF; images above ``max_pixels`` are refused.
+
+    ``max_visual_cost``: a budget for each file's visual cost (:mod:`unlearnable.visual_cost`,
+    measured on the file as written; e.g. 0.05). A file over it is protected again with the
+    protector's next weaker plan (its ``weaken``) until it fits; a file that does not fit at
+    the weakest plan is written at that plan and flagged ``over_budget`` in its record and the
+    summary. None (default): no budget."""
 
     format: str = "keep"
     quality: int | None = None
     strip_gps: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_visual_cost: float | None = None
+
+    def __post_init__(self) -> None:
+        budget = self.max_visual_cost
+        if budget is not None and not 0 < budget <= 1:
+            raise UsageError(f"max_visual_cost must be in (0, 1], got {budget}")
 
     def to_json(self) -> dict[str, Any]:
-        """What the manifest records (``max_pixels`` is a guard, not a protection parameter)."""
-        return {"format": self.format, "quality": self.quality, "strip_gps": self.strip_gps}
+        """What the manifest records (``max_pixels`` is a guard, not a protection parameter;
+        the budget is recorded when there is one, so a resume with another budget is refused)."""
+        data: dict[str, Any] = {
+            "format": self.format,
+            "quality": self.quality,
+            "strip_gps": self.strip_gps,
+        }
+        if self.max_visual_cost is not None:
+            data["max_visual_cost"] = self.max_visual_cost
+        return data
 
 
 DEFAULT_OUTPUT = OutputOptions()
@@ -113,6 +146,24 @@ class WorkContext:
     options: OutputOptions
     output_names: dict[str, str] = field(default_factory=dict)
     memory: MemoryGate | None = None
+    payloads: dict[str, bytes] | None = None
+    """In-memory inputs by task path (the records of a shard or a Parquet file, or
+    :func:`unlearnable.protect.batch.protect_batch`'s images); None: read the files."""
+    outputs: dict[str, bytes] | None = None
+    """When set, outputs are collected here by output name instead of written as files."""
+
+    def read_input(self, path: str) -> bytes:
+        """The input bytes of ``path`` (``OSError`` when unreadable)."""
+        if self.payloads is not None:
+            return self.payloads[path]
+        return (self.input_dir / path).read_bytes()
+
+    def write_output(self, relative: str, data: bytes) -> None:
+        """Write (atomically) or collect an output (``OSError`` when it cannot be written)."""
+        if self.outputs is not None:
+            self.outputs[relative] = data
+        else:
+            atomic_write_bytes(self.output_dir / relative, data)
 
 
 @dataclass
@@ -139,9 +190,8 @@ def process_chunk(context: WorkContext, chunk: list[Task]) -> ChunkResult:
     resumed = 0
     decoded: list[_Decoded] = []
     for task in chunk:
-        source = context.input_dir / task.path
         try:
-            data = source.read_bytes()
+            data = context.read_input(task.path)
         except OSError as exc:
             records.append(error_record(task, f"cannot read file: {exc.strerror or exc}"))
             continue
@@ -185,86 +235,161 @@ def lost_chunk(chunk: list[Task], message: str) -> ChunkResult:
     return ChunkResult([error_record(task, message) for task in chunk], False, 0)
 
 
+@dataclass
+class _Written:
+    """One file's final protection: the encoded bytes (None after an encoding error, then
+    ``error`` says why), its quality, the plan and how many times it was weakened."""
+
+    data: bytes | None
+    error: str | None = None
+    psnr: float | None = None
+    ssim: float | None = None
+    visual_cost: float | None = None
+    plan: Hashable = None
+    weakened: int = 0
+    over_budget: bool = False
+
+
 def _protect_group(
     context: WorkContext, plan: Hashable, items: list[_Decoded]
 ) -> tuple[list[FileRecord], bool]:
+    """Protect, encode and measure equally sized images with one plan, weakening the plan for
+    the files over the budget (if any), then write every file and make its record."""
     pixels = np.stack([item.image.pixels for item in items])  # (B, H, W, C) uint8
-    originals = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div_(255.0)
+    originals_u8 = torch.from_numpy(pixels).permute(0, 3, 1, 2)  # a view: no copy
+    originals = originals_u8.float().div_(255.0)
     label_ids = torch.tensor([item.task.label_id for item in items], dtype=torch.int64)
-    protected = context.protector.apply(originals, label_ids, plan)
-    protected_u8_hwc = to_uint8(protected).permute(0, 2, 3, 1).contiguous().numpy()
-    del protected, pixels  # the float result is not needed any more (memory)
-    plan_json = context.protector.describe_plan(plan)
-    options = context.options
+    budget = context.options.max_visual_cost
+    weaken = getattr(context.protector, "weaken", None)
+    final: dict[int, _Written] = {}
+    pending = list(range(len(items)))
+    steps = 0
+    while pending:
+        chosen = torch.tensor(pending) if len(pending) < len(items) else None
+        batch = originals if chosen is None else originals[chosen]
+        batch_u8 = originals_u8 if chosen is None else originals_u8[chosen]
+        labels = label_ids if chosen is None else label_ids[chosen]
+        attempt = _encode_and_measure(
+            context, plan, [items[i] for i in pending], batch, batch_u8, labels
+        )
+        over = [
+            index
+            for index, result in zip(pending, attempt, strict=True)
+            if budget is not None and result.data is not None and result.visual_cost > budget
+        ]
+        weaker = None
+        if over and weaken is not None and steps < MAX_WEAKEN_STEPS:
+            weaker = weaken(plan)
+        for index, result in zip(pending, attempt, strict=True):
+            if weaker is None or index not in over:
+                result.plan, result.weakened = plan, steps
+                result.over_budget = index in over
+                final[index] = result
+        if weaker is None:
+            break
+        pending, plan, steps = over, weaker, steps + 1
+    del originals, originals_u8, pixels
+    return _write_group(context, items, final)
 
-    records: list[FileRecord | None] = [None] * len(items)
-    written: list[int] = []
-    stored = protected_u8_hwc.copy()
-    lossy = False
+
+MAX_WEAKEN_STEPS = 32
+"""A protector's ``weaken`` is asked at most this many times per file (a guard against a
+``weaken`` that never returns None)."""
+
+
+def _encode_and_measure(
+    context: WorkContext,
+    plan: Hashable,
+    items: list[_Decoded],
+    originals: torch.Tensor,
+    originals_u8: torch.Tensor,
+    label_ids: torch.Tensor,
+) -> list[_Written]:
+    """Protect ``originals`` ``(B, C, H, W)`` in [0, 1] with ``plan``, encode each image, and
+    measure PSNR, SSIM and visual cost of the file as written (a lossy output is decoded again;
+    a lossless one is measured on the pixels themselves). The metrics compare uint8 images
+    (``originals_u8``: the same images), so no full-size float copy is made for them."""
+    protected = context.protector.apply(originals, label_ids, plan)
+    protected_u8 = to_uint8(protected).permute(0, 2, 3, 1).contiguous().numpy()  # (B, H, W, C)
+    del protected  # the float result is not needed any more (memory)
+    options = context.options
+    results: list[_Written] = []
+    stored = protected_u8
     for index, item in enumerate(items):
-        task, image = item.task, item.image
+        image = item.image
         fmt = output_format(image.format, options.format)
         try:
-            data = encode_image(
-                protected_u8_hwc[index], image, fmt, options.quality, options.strip_gps
-            )
+            data = encode_image(protected_u8[index], image, fmt, options.quality, options.strip_gps)
         except (ImageDecodeError, OSError, ValueError) as exc:
-            records[index] = error_record(task, f"cannot encode output: {exc}", item.input_sha256)
+            results.append(_Written(None, f"cannot encode output: {exc}"))
             continue
         if is_lossy(fmt, image):
-            lossy = True
+            if stored is protected_u8:
+                stored = protected_u8.copy()
             # the metrics describe the file as written
             stored[index] = decode_pixels(data, stored.shape[3], (image.width, image.height))
+        results.append(_Written(data))
+    measured = [index for index, result in enumerate(results) if result.data is not None]
+    if measured:
+        written = torch.from_numpy(stored).permute(0, 3, 1, 2)
+        kept = originals_u8
+        if len(measured) < len(results):
+            chosen = torch.tensor(measured)
+            kept, written = kept[chosen], written[chosen]
+        scores = quality(kept, written)
+        values = zip(
+            scores.psnr.tolist(), scores.ssim.tolist(), scores.visual_cost.tolist(), strict=True
+        )
+        for index, (psnr_value, ssim_value, cost) in zip(measured, values, strict=True):
+            result = results[index]
+            result.psnr = round(psnr_value, 3) if np.isfinite(psnr_value) else float("inf")
+            result.ssim = round(ssim_value, 5)
+            result.visual_cost = round(cost, 5)
+    return results
+
+
+def _write_group(
+    context: WorkContext, items: list[_Decoded], final: dict[int, _Written]
+) -> tuple[list[FileRecord], bool]:
+    """Write each file's final bytes atomically and make its record."""
+    records: list[FileRecord] = []
+    lossy = False
+    for index, item in enumerate(items):
+        task, image, result = item.task, item.image, final[index]
+        if result.data is None:
+            records.append(error_record(task, result.error or "", item.input_sha256))
+            continue
         relative = context.output_names.get(task.path, task.path)
         try:
-            atomic_write_bytes(context.output_dir / relative, data)
+            context.write_output(relative, result.data)
         except OSError as exc:
-            records[index] = error_record(
-                task, f"cannot write output: {exc.strerror or exc}", item.input_sha256
+            records.append(
+                error_record(task, f"cannot write output: {exc.strerror or exc}", item.input_sha256)
             )
             continue
-        records[index] = FileRecord(
-            path=task.path,
-            status="ok",
-            label=task.label,
-            output_path=relative,
-            input_sha256=item.input_sha256,
-            output_sha256=sha256_bytes(data),
-            width=image.width,
-            height=image.height,
-            input_bytes=item.input_bytes,
-            output_bytes=len(data),
-            params=plan_json,
-            cluster=task.cluster,
+        lossy |= is_lossy(output_format(image.format, context.options.format), image)
+        records.append(
+            FileRecord(
+                path=task.path,
+                status="ok",
+                label=task.label,
+                output_path=relative,
+                input_sha256=item.input_sha256,
+                output_sha256=sha256_bytes(result.data),
+                width=image.width,
+                height=image.height,
+                input_bytes=item.input_bytes,
+                output_bytes=len(result.data),
+                params=context.protector.describe_plan(result.plan),
+                psnr=result.psnr,
+                ssim=result.ssim,
+                visual_cost=result.visual_cost,
+                weakened=result.weakened or None,
+                over_budget=result.over_budget or None,
+                cluster=task.cluster,
+            )
         )
-        written.append(index)
-    if written:
-        _add_quality(records, written, originals, stored)
-    return [r for r in records if r is not None], lossy
-
-
-def _add_quality(
-    records: list[FileRecord | None],
-    written: list[int],
-    originals: torch.Tensor,
-    stored: np.ndarray,
-) -> None:
-    """PSNR and SSIM of each written file against its original (``stored``: (B, H, W, C) uint8)."""
-    if len(written) == len(records):  # all of them: no copies
-        kept, final_u8 = originals, torch.from_numpy(stored).permute(0, 3, 1, 2)
-    else:
-        index_tensor = torch.tensor(written)
-        kept = originals[index_tensor]
-        final_u8 = torch.from_numpy(stored).permute(0, 3, 1, 2)[index_tensor]
-    final = final_u8.float().div_(255.0)
-    psnr_values = psnr(kept, final).tolist()
-    ssim_values = ssim(kept, final).tolist()
-    for position, index in enumerate(written):
-        record = records[index]
-        assert record is not None
-        value = psnr_values[position]
-        record.psnr = round(value, 3) if np.isfinite(value) else float("inf")
-        record.ssim = round(ssim_values[position], 5)
+    return records, lossy
 
 
 def _still_valid(context: WorkContext, previous: FileRecord, input_sha256: str) -> bool:
