@@ -238,8 +238,8 @@ def test_manifest_records_everything(tmp_path, runner, key_file):
     source = make_labelled_folder(tmp_path / "in")
     assert protect(runner, source, "-o", tmp_path / "out", "--key", key_file, "-q").exit_code == 0
     data = manifest_of(tmp_path / "out")
-    assert data["schema"] == "unlearnable.manifest" and data["schema_version"] == 1
-    assert data["method"] == "cuda" and data["labels"]["classes"] == {"cat": 0, "dog": 1}
+    assert data["schema"] == "unlearnable.manifest" and data["schema_version"] == 2
+    assert data["method"] == "photo" and data["labels"]["classes"] == {"cat": 0, "dog": 1}
     record = data["files"][0]
     for field in (
         "path",
@@ -250,11 +250,18 @@ def test_manifest_records_everything(tmp_path, runner, key_file):
         "height",
         "psnr",
         "ssim",
+        "visual_cost",
         "params",
     ):
         assert field in record
     assert 5 < record["psnr"] < 60 and -1 <= record["ssim"] <= 1
-    assert data["summary"]["ok"] == 6 and data["summary"]["failed"] == 0
+    assert 0 <= record["visual_cost"] <= 2
+    summary = data["summary"]
+    assert summary["ok"] == 6 and summary["failed"] == 0
+    costs = [r["visual_cost"] for r in data["files"]]
+    assert summary["max_visual_cost"] == max(costs)
+    assert abs(summary["mean_visual_cost"] - sum(costs) / len(costs)) < 1e-4
+    assert summary["over_budget"] == 0 and summary["weakened"] == 0
 
 
 def test_preview_sheet_is_written(tmp_path, runner, key_file):
@@ -272,7 +279,10 @@ def test_keygen_cli(tmp_path, runner):
 
 
 def test_demo_protects_and_verifies(tmp_path, runner):
-    result = runner.invoke(main, ["demo", "--output", str(tmp_path / "demo"), "--per-class", "4", "--epochs", "1", "-q"])
+    result = runner.invoke(
+        main,
+        ["demo", "--output", str(tmp_path / "demo"), "--per-class", "4", "--epochs", "1", "-q"],
+    )
     assert result.exit_code == 0, result.output
     protected = tmp_path / "demo" / "protected-train"
     assert (protected / MANIFEST_NAME).exists()
@@ -291,3 +301,73 @@ def test_python_dash_m(entry):
 
     result = subprocess.run([sys.executable, *entry], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "unlearnable" in result.stdout
+
+
+def test_json_tells_what_to_expect_and_the_budget_is_respected(tmp_path, runner, key_file):
+    source = make_labelled_folder(tmp_path / "in")
+    out = tmp_path / "out"
+    result = protect(
+        runner,
+        source,
+        "-o",
+        out,
+        "--key",
+        key_file,
+        "--json",
+        "--max-visual-cost",
+        "0.001",
+        "--method",
+        "cuda",
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    expectation = summary["expectation"]
+    assert expectation["method"] == "cuda" and expectation["size_band"] == "thumbnail"
+    assert expectation["image_size"] == [24, 20] and expectation["output"] == "png"
+    assert 0 < expectation["per_peak"] <= 1 and "benchmarks/" in expectation["command"]
+    assert "verify" in expectation["line"]
+    data = manifest_of(out)
+    assert data["parameters"]["output"]["max_visual_cost"] == 0.001
+    flagged = 0
+    for record in data["files"]:
+        assert record["visual_cost"] <= 0.001 or record["over_budget"] is True
+        flagged += bool(record.get("over_budget"))
+    assert summary["over_budget"] == flagged
+    # the budget is part of the run's settings: another budget does not resume
+    other = protect(
+        runner,
+        source,
+        "-o",
+        out,
+        "--key",
+        key_file,
+        "--resume",
+        "--max-visual-cost",
+        "0.5",
+        "--method",
+        "cuda",
+    )
+    assert other.exit_code == 2 and "different" in other.output
+    same = protect(
+        runner,
+        source,
+        "-o",
+        out,
+        "--key",
+        key_file,
+        "--resume",
+        "--json",
+        "--max-visual-cost",
+        "0.001",
+        "--method",
+        "cuda",
+    )
+    assert same.exit_code == 0, same.output
+    assert json.loads(same.stdout)["resumed"] == 6
+
+
+def test_summary_table_shows_visual_cost_and_what_to_expect(tmp_path, runner, key_file):
+    source = make_labelled_folder(tmp_path / "in")
+    result = protect(runner, source, "-o", tmp_path / "out", "--key", key_file)
+    assert result.exit_code == 0, result.output
+    assert "visual cost" in result.output and "what to expect" in result.output

@@ -15,6 +15,11 @@ The public Python API (everything the CLI does)::
     method = ul.UCMethodConfig(surrogate="random", clusters=10, uc=ul.UCConfig(eps=16 / 255))
     run = ul.protect_directory("photos", "photos-uc", key, method, ul.RunOptions(workers=2))
 
+    # Datasets: WebDataset shards or Parquet files too, locally or on Ray; or one batch at a time.
+    run = ul.protect_dataset("shards", "shards-protected", key, "cuda",
+                             ul.RunOptions(executor=ul.RayExecutor()))      # pip install ...[ray]
+    result = ul.protect_batch(list_of_jpeg_bytes, labels, key, "cuda")     # result.images
+
     # Verify: train victims on the protected and on the clean copy, score, write a run folder.
     run = ul.verify_folders("photos-protected", "photos", "test-photos",
                             ul.VerifyOptions(attacks=("erm",), budget="quick"))
@@ -54,6 +59,7 @@ _LAZY: dict[str, str] = {
     "CudaProtector": ".protect",
     "FolderClusters": ".protect",
     "OutputOptions": ".protect",
+    "PhotoConfig": ".protect",
     "ProtectRun": ".protect",
     "ProtectUsageError": ".protect",
     "Surrogate": ".protect",
@@ -70,6 +76,12 @@ _LAZY: dict[str, str] = {
     "load_surrogate": ".protect",
     "protect_directory": ".protect",
     "surrogate_from_module": ".protect",
+    # dataset scale: publisher formats, per-batch protection, the Ray engine
+    "BatchResult": ".protect.batch",
+    "FormatOptions": ".io.formats",
+    "RayExecutor": ".engines.ray_engine",
+    "protect_batch": ".protect.batch",
+    "protect_dataset": ".protect.dataset",
     # verification
     "Thresholds": ".verify",
     "VerifyData": ".verify",
@@ -150,6 +162,7 @@ _LAZY.update(
 __all__ = [  # literal, so tools can read it; tests check it matches _LAZY
     "AuditConfig",
     "AuditResult",
+    "BatchResult",
     "ClassificationAdapter",
     "ClusterCudaConfig",
     "ClusterProtector",
@@ -161,6 +174,7 @@ __all__ = [  # literal, so tools can read it; tests check it matches _LAZY
     "FinetuneConfig",
     "FinetuneResult",
     "FolderClusters",
+    "FormatOptions",
     "FreezeConfig",
     "FreezeMask",
     "FreezeResult",
@@ -172,11 +186,13 @@ __all__ = [  # literal, so tools can read it; tests check it matches _LAZY
     "ModelSpec",
     "OutputOptions",
     "PartialFailure",
+    "PhotoConfig",
     "PoisonConfig",
     "ProtectRun",
     "ProtectUsageError",
     "PurifyConfig",
     "PurifyResult",
+    "RayExecutor",
     "RunOptions",
     "ScanConfig",
     "ScanResult",
@@ -215,6 +231,8 @@ __all__ = [  # literal, so tools can read it; tests check it matches _LAZY
     "load_surrogate",
     "make_backdoor",
     "poison_training_set",
+    "protect_batch",
+    "protect_dataset",
     "protect_directory",
     "purify_model",
     "read_state_dict",
@@ -284,6 +302,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         relearn,
         save_mask,
     )
+    from .engines.ray_engine import RayExecutor
+    from .io.formats import FormatOptions
     from .keys import SecretKey, load_key_file, write_key_file
     from .models import build_victim
     from .protect import (
@@ -293,6 +313,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         CudaProtector,
         FolderClusters,
         OutputOptions,
+        PhotoConfig,
         ProtectRun,
         ProtectUsageError,
         RunOptions,
@@ -310,5 +331,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         register_method,
         surrogate_from_module,
     )
+    from .protect.batch import BatchResult, protect_batch
+    from .protect.dataset import protect_dataset
     from .verify import Thresholds, VerifyData, VerifyResult, run_verification
     from .verify_run import VerifyOptions, VerifyRun, verify_folders

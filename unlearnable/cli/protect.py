@@ -13,7 +13,7 @@ import click
 
 from ..errors import EXIT_FAILURES, EXIT_INTERRUPTED, UsageError
 from ..protect.cuda_method import STRENGTHS
-from ..protect.methods import METHODS, Method
+from ..protect.methods import DEFAULT_METHOD, METHODS, Method
 from ..protect.uc_config import DEFAULT_CLUSTERS, DEFAULT_SURROGATE
 from .common import (
     err_console,
@@ -29,14 +29,25 @@ DEFAULT_MAX_PIXELS = 100_000_000
 """= :data:`unlearnable.io.images.DEFAULT_MAX_PIXELS` (not imported: that loads Pillow)."""
 
 
+class InputPath(click.Path):
+    """An existing local path, or a URL (``s3://...``: shards and Parquet files, read through
+    fsspec) kept as text."""
+
+    def __init__(self) -> None:
+        super().__init__(exists=True, path_type=Path)
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and "://" in value:
+            return value
+        return super().convert(value, param, ctx)
+
+
 def _methods_help() -> str:
     return " ".join(f"{name}: {METHODS.get(name).summary}." for name in METHODS.names())
 
 
 @click.command()
-@click.argument(
-    "input_dir", metavar="INPUT", type=click.Path(exists=True, file_okay=False, path_type=Path)
-)
+@click.argument("input_dir", metavar="INPUT", type=InputPath())
 @click.option(
     "-o",
     "--output",
@@ -54,7 +65,7 @@ def _methods_help() -> str:
 @click.option(
     "--method",
     type=click.Choice(METHODS.names()),
-    default="cuda",
+    default=DEFAULT_METHOD,
     show_default=True,
     help=_methods_help(),
 )
@@ -71,7 +82,8 @@ def _methods_help() -> str:
     type=click.Choice(STRENGTHS),
     default="mid",
     show_default=True,
-    help="CUDA strength preset; (kernel size, blur) scale with the image size.",
+    help="Strength preset: photo scales blur and colour by 0.5/1/1.5; for cuda, (kernel size, "
+    "blur) scale with the image size.",
 )
 @click.option(
     "--kernel-size",
@@ -147,6 +159,15 @@ def _methods_help() -> str:
 )
 @click.option("--strip-gps", is_flag=True, help="Remove GPS location from the EXIF of outputs.")
 @click.option(
+    "--max-visual-cost",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=None,
+    metavar="X",
+    help="Visual-cost budget per file (shift-tolerant 1 - SSIM; ~0.02-0.05 is just visible): "
+    "files over it are protected again at lower strength; a file still over it at the "
+    "weakest setting is written and flagged in the manifest and the summary.",
+)
+@click.option(
     "--max-pixels",
     type=click.IntRange(1),
     default=DEFAULT_MAX_PIXELS,
@@ -167,6 +188,46 @@ def _methods_help() -> str:
     help="Processes for decoding/encoding (default: number of cores).",
 )
 @click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="local: a process pool on this machine; ray: Ray tasks (a local Ray instance, or the "
+    'cluster at --ray-address). Needs pip install "unlearnable[ray]".',
+)
+@click.option(
+    "--ray-address",
+    default=None,
+    metavar="ADDR",
+    help="--engine ray: the cluster to join (auto, ray://HOST:10001); default: start a local one.",
+)
+@click.option(
+    "--input-format",
+    type=click.Choice(["auto", "folder", "webdataset", "parquet"]),
+    default="auto",
+    show_default=True,
+    help="What INPUT holds: a folder of images, WebDataset .tar shards, or .parquet files with "
+    "image bytes (one file, or a folder of them); auto detects it.",
+)
+@click.option(
+    "--image-column",
+    default="image",
+    show_default=True,
+    help="Parquet: the column of image bytes (binary, or a struct with a bytes field).",
+)
+@click.option(
+    "--label-column",
+    default=None,
+    help="Parquet: the label column [default: label when present, else one label for all].",
+)
+@click.option(
+    "--wds-label",
+    default=None,
+    metavar="cls|json:FIELD|none",
+    help="WebDataset: a sample's label is its .cls member, a field of its .json member, or none "
+    "(one label) [default: cls when the shards have .cls members].",
+)
+@click.option(
     "--preview",
     type=click.IntRange(0),
     default=0,
@@ -175,7 +236,7 @@ def _methods_help() -> str:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary table.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 def protect(
-    input_dir: Path,
+    input_dir: Path | str,
     output_dir: Path | None,
     key_path: Path,
     method: str,
@@ -193,9 +254,16 @@ def protect(
     fmt: str,
     quality: int | None,
     strip_gps: bool,
+    max_visual_cost: float | None,
     max_pixels: int,
     resume: bool,
     workers: int | None,
+    engine: str,
+    ray_address: str | None,
+    input_format: str,
+    image_column: str,
+    label_column: str | None,
+    wds_label: str | None,
     preview: int,
     quiet: bool,
     as_json: bool,
@@ -212,8 +280,15 @@ def protect(
       unlearnable protect ./photos --key secret.bin --method uc --clusters 10 --eps 16
       unlearnable protect ./photos --key secret.bin --labels clusters   # CUDA on clusters
     Features, clusters and perturbations are cached in the output folder (--resume reuses them).
+
+    \b
+    Datasets: INPUT may also be WebDataset .tar shards or .parquet files (a folder of them,
+    or one file); they come out under the same names, other members and columns unchanged:
+      unlearnable protect ./shards --key secret.bin --engine ray
     """
-    from ..protect import OutputOptions, RunOptions, protect_directory
+    from ..io.formats import FormatOptions
+    from ..protect import OutputOptions, RunOptions
+    from ..protect.dataset import protect_dataset
     from ..protect.surrogate import SurrogateError
     from ..verify_run import resolve_device
 
@@ -232,21 +307,29 @@ def protect(
     config = method_config_from_options(METHODS.get(method), values)
     entry = METHODS.for_config(config)
     assert entry is not None  # from_options returns a registered config
+    if output_dir is None and isinstance(input_dir, str):
+        raise UsageError(f"INPUT {input_dir} is a URL: give the output folder with -o")
     target = output_dir or default_output_folder(input_dir)
     if fmt in ("jpeg", "webp"):
         warn(f"{fmt} output is lossy; re-encoding weakens the protection. PNG keeps it intact.")
     run = RunOptions(
         output=OutputOptions(
-            format=fmt, quality=quality, strip_gps=strip_gps, max_pixels=max_pixels
+            format=fmt,
+            quality=quality,
+            strip_gps=strip_gps,
+            max_pixels=max_pixels,
+            max_visual_cost=max_visual_cost,
         ),
         resume=resume,
         workers=workers,
+        executor=_engine(engine, ray_address, workers),
         device=resolve_device(device) if entry.uses_surrogate else None,
         allow_pickle=allow_pickle,
         include_hidden=include_hidden,
     )
     names = {
         "reading": "hashing files",
+        "scanning": "reading shards",
         "features": "surrogate features",
         "perturbations": "optimising perturbations",
         "protecting": "protecting",
@@ -259,12 +342,13 @@ def protect(
             surrogate_warnings(),
             sigterm_as_interrupt(),
         ):
-            run_result = protect_directory(
+            run_result = protect_dataset(
                 input_dir,
                 target,
                 key,
                 config,
                 run,
+                FormatOptions(input_format, image_column, label_column, wds_label),
                 progress=bars.counter("protecting"),
                 stage_progress=bars.update,
             )
@@ -288,13 +372,26 @@ def protect(
         raise
     except ValueError as exc:  # parameter validation in the library, before any file is written
         raise UsageError(str(exc)) from None
-    if preview:
+    if preview and "input_format" in run_result.manifest.extra:
+        warn("--preview works on folders of images; no preview written for shards or Parquet")
+    elif preview:
         from ..io.preview import write_preview
 
         write_preview(input_dir, run_result, preview)
     report_protect_run(run_result, quiet, as_json)
     if run_result.failed:
         raise click.exceptions.Exit(EXIT_FAILURES)
+
+
+def _engine(engine: str, address: str | None, workers: int | None):
+    """The executor of ``--engine`` (None: the local process pool)."""
+    if engine == "local":
+        if address is not None:
+            raise UsageError("--ray-address needs --engine ray")
+        return None
+    from ..engines.ray_engine import RayExecutor
+
+    return RayExecutor(address=address, workers=workers)
 
 
 def default_output_folder(input_dir: Path) -> Path:
@@ -374,8 +471,17 @@ def report_protect_run(run_result, quiet: bool, as_json: bool) -> None:
     from rich.markup import escape
 
     from ..io.manifest import display_name
+    from ..protect.expectations import expect_for_run
 
     summary = run_result.manifest.summary
+    expectation = expect_for_run(run_result.manifest.method, run_result.succeeded)
+    budget = run_result.manifest.parameters.get("output", {}).get("max_visual_cost")
+    if summary.get("over_budget"):
+        warn(
+            f"{summary['over_budget']} files are over the visual-cost budget {budget} even at "
+            "the weakest setting; they were written at it and are flagged over_budget in the "
+            "manifest"
+        )
     clustering = run_result.manifest.extra.get("clustering")
     if run_result.lossy_output:
         warn(
@@ -391,6 +497,7 @@ def report_protect_run(run_result, quiet: bool, as_json: bool) -> None:
                 "method": run_result.manifest.method,
                 **({"clustering": clustering} if clustering else {}),
                 **summary,
+                "expectation": expectation.to_json() if expectation else None,
                 "failures": [
                     {"path": display_name(r.path), "error": r.error} for r in run_result.failed
                 ],
@@ -437,6 +544,7 @@ def report_protect_run(run_result, quiet: bool, as_json: bool) -> None:
             f"{summary['mean_psnr']:.2f} dB" if summary["mean_psnr"] is not None else "-",
         ),
         ("mean SSIM", f"{summary['mean_ssim']:.4f}" if summary["mean_ssim"] is not None else "-"),
+        ("visual cost", _visual_cost_text(summary, budget)),
         ("time", f"{summary['seconds']:.1f} s" + (f" ({rate:.1f} images/s)" if rate else "")),
         ("key", run_result.manifest.key_fingerprint),
         ("output", str(run_result.output_dir)),
@@ -444,6 +552,21 @@ def report_protect_run(run_result, quiet: bool, as_json: bool) -> None:
     if clustering:
         rows[-2:-2] = clustering_rows(run_result.manifest.method, clustering)
     out_console.print(summary_table("unlearnable protect", rows))
+    if expectation is not None:
+        out_console.print(expectation.line(), highlight=False, soft_wrap=True)
+
+
+def _visual_cost_text(summary: dict, budget: float | None) -> str:
+    """``mean 0.012, max 0.031 (budget 0.05: 2 weakened, 1 over)`` for the summary table."""
+    if summary.get("mean_visual_cost") is None:
+        return "-"
+    text = f"mean {summary['mean_visual_cost']:.3f}, max {summary['max_visual_cost']:.3f}"
+    if budget is not None:
+        text += (
+            f" (budget {budget:g}: {summary.get('weakened', 0)} weakened, "
+            f"{summary.get('over_budget', 0)} over)"
+        )
+    return text
 
 
 def clustering_rows(method: str, clustering: dict) -> list[tuple[str, str]]:

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,6 +75,10 @@ from .uc_optimise import optimise_cluster_perturbations, training_indices
 
 if TYPE_CHECKING:
     from .methods import MethodContext
+
+FeatureExtractor = Callable[..., "tuple[np.ndarray, Tensor | None, dict[str, str]]"]
+"""``extract(source, files, model, resolution, max_pixels, batch_size, report)`` as
+:func:`~unlearnable.protect.feature_pass.extract_folder_features`."""
 
 CLUSTER_PREFIX = "cluster-"
 CLUSTER_LABEL_MODE = "clusters"
@@ -245,6 +249,7 @@ def cluster_folder(
     batch_size: int = 64,
     threads: int | None = None,
     progress: StageProgress | None = None,
+    extract: FeatureExtractor | None = None,
 ) -> FolderClusters:
     """Cluster the images ``files`` (relative paths below ``input_dir``) with ``surrogate``.
 
@@ -255,6 +260,9 @@ def cluster_folder(
     :class:`ProtectUsageError` for an invalid request (``k < 2``, fewer images than clusters, a
     folder that is not empty, a resume with another key or surrogate) and
     :class:`~unlearnable.protect.surrogate.SurrogateError` when the surrogate cannot be loaded.
+    ``extract``: computes the features in place of
+    :func:`~unlearnable.protect.feature_pass.extract_folder_features` (same arguments and
+    result), e.g. on Ray actors (:meth:`unlearnable.engines.ray_engine.RayExecutor.extract_features`).
     """
     source, target = Path(input_dir), Path(output_dir)
     files = sorted(files)
@@ -285,7 +293,7 @@ def cluster_folder(
         from_cache = features is not None
         feature_start = time.perf_counter()
         if features is None:
-            features, kept, decode_problems = extract_folder_features(
+            features, kept, decode_problems = (extract or extract_folder_features)(
                 source, readable, model, resolution, max_pixels, batch_size, report
             )
             target.mkdir(parents=True, exist_ok=True)
@@ -389,6 +397,7 @@ def cluster_for_method(
         max_pixels=run.output.max_pixels,
         threads=run.threads,
         progress=context.stage_progress,
+        extract=getattr(run.executor, "extract_features", None),
     )
 
 

@@ -1,0 +1,321 @@
+"""The record runner: protect WebDataset shards or Parquet files container by container.
+
+The unit of work is one container (:mod:`unlearnable.io.formats`). A worker reads it, protects
+its images with the same per-record code as a folder's files
+(:func:`unlearnable.io.work.process_chunk` on in-memory payloads, so equal images, labels, key
+and settings give bit-identical protected images and equal manifest records whatever the input
+format or engine), rebuilds the container with every other member or column unchanged, and
+writes it atomically under the same relative name. The driver appends the container's records
+to the run's journal only after that, so:
+
+* a run stopped at any moment resumes per container: a container whose output exists and whose
+  every record matches an ``ok`` record (input and output image hashes) is kept, any other is
+  done again (with the same result);
+* a worker that Ray retries writes the same container again (atomically, the same bytes of
+  images) and the driver receives one result per container: no record is lost or duplicated.
+
+Runs on any :class:`~unlearnable.io.executors.Executor`: the local process pool or the Ray
+engine (:mod:`unlearnable.engines.ray_engine`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ...errors import UsageError
+from ..atomic import atomic_write_bytes
+from ..executors import Executor
+from ..hashing import sha256_bytes
+from ..images import EXTENSION_FOR_FORMAT, OUTPUT_FORMATS
+from ..manifest import MANIFEST_NAME, FileRecord, Manifest
+from ..runner import (
+    FolderJob,
+    ProtectRun,
+    RunStorageError,
+    _check_class_names,
+    _ordered,
+    _previous_records,
+    _start_journal,
+    _storage_message,
+    _summary,
+    default_executor,
+)
+from ..work import DEFAULT_OUTPUT, ChunkResult, OutputOptions, Task, WorkContext, process_chunk
+from . import read_container
+from .records import RECORD_SEPARATOR, ParsedContainer, Record, record_path
+
+
+@dataclass(frozen=True)
+class ContainerReader:
+    """How to parse a container of one format: ``kind`` (``webdataset`` or ``parquet``) and the
+    resolved label source (``cls`` / ``json:FIELD`` / ``none``, or a Parquet label column)."""
+
+    kind: str
+    label_source: str | None
+    image_column: str = "image"
+
+    def parse(self, data: bytes) -> ParsedContainer:
+        if self.kind == "webdataset":
+            from .webdataset import read_shard
+
+            return read_shard(data, self.label_source or "none")
+        from .parquet import read_parquet
+
+        return read_parquet(data, self.image_column, self.label_source)
+
+    def read_errors(self) -> tuple[type[Exception], ...]:
+        if self.kind == "webdataset":
+            from .webdataset import ShardError
+
+            return (ShardError,)
+        from .parquet import ParquetError
+
+        return (ParquetError,)
+
+
+@dataclass
+class ContainerTask:
+    """One container: its relative path, each protectable record's label (by manifest path), the
+    earlier run's ``ok`` records of it (resume), and each record's cluster id when there are
+    clusters."""
+
+    name: str
+    labels: dict[str, str]
+    previous: dict[str, FileRecord] = field(default_factory=dict)
+    clusters: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class RecordContext:
+    """What every container needs; sent once to each worker."""
+
+    input_root: Path | str  # a folder or a URL (read through fsspec)
+    output_dir: Path
+    reader: ContainerReader
+    protector: object
+    options: OutputOptions
+    class_index: dict[str, int]
+
+
+def output_extension(options: OutputOptions) -> str | None:
+    """The extension of every output image (``.png``), or None when each keeps its format."""
+    if options.format == "keep":
+        return None
+    return EXTENSION_FOR_FORMAT[OUTPUT_FORMATS[options.format]]
+
+
+def process_container(context: RecordContext, item: ContainerTask) -> ChunkResult:
+    """Protect one container (see the module docstring)."""
+    try:
+        data = read_container(context.input_root, item.name)
+    except OSError as exc:
+        return lost_container(item, f"cannot read {item.name}: {exc.strerror or exc}")
+    try:
+        parsed = context.reader.parse(data)
+    except context.reader.read_errors() as exc:
+        return lost_container(item, f"{item.name}: {exc}")
+    del data
+    by_path = {record_path(item.name, r.name): r for r in parsed.records}
+    if item.previous and _still_valid(context, item, parsed, by_path):
+        return ChunkResult(
+            [item.previous[p] for p in sorted(item.previous)], False, len(item.previous)
+        )
+
+    extension = output_extension(context.options)
+    records: list[FileRecord] = []
+    tasks: list[Task] = []
+    for path, label in sorted(item.labels.items()):
+        record = by_path.get(path)
+        if record is None or record.image is None:
+            records.append(
+                FileRecord(
+                    path=path,
+                    status="error",
+                    label=label,
+                    error="record changed since the run started; rerun",
+                )
+            )
+            continue
+        tasks.append(Task(path, context.class_index[label], label, None, item.clusters.get(path)))
+    names = {
+        task.path: record_path(item.name, parsed.output_name(by_path[task.path], extension))
+        for task in tasks
+    }
+    work = WorkContext(
+        context.input_root,
+        context.output_dir,
+        context.protector,  # type: ignore[arg-type]
+        context.options,
+        output_names=names,
+        payloads={task.path: by_path[task.path].image for task in tasks},  # type: ignore[misc]
+        outputs={},
+    )
+    result = process_chunk(work, tasks)
+    records.extend(result.records)
+    ok = {r.path: r for r in result.records if r.status == "ok"}
+    images = {by_path[p].name: work.outputs[r.output_path] for p, r in ok.items()}  # type: ignore[index]
+    extensions = {name: extension for name in images} if extension else {}
+    dropped = {r.name for p, r in by_path.items() if r.image is not None and p not in ok}
+    try:
+        rebuilt = parsed.rebuild(images, dropped, extensions)
+        target = context.output_dir / item.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(target, rebuilt)
+    except OSError as exc:
+        message = f"cannot write output {item.name}: {exc.strerror or exc}"
+        records = [r if r.status != "ok" else _failed(r, message) for r in records]
+    return ChunkResult(records, result.lossy, 0)
+
+
+def _failed(record: FileRecord, message: str) -> FileRecord:
+    return FileRecord(
+        path=record.path,
+        status="error",
+        label=record.label,
+        input_sha256=record.input_sha256,
+        error=message,
+    )
+
+
+def lost_container(item: ContainerTask, message: str) -> ChunkResult:
+    """Every record of a container failed with ``message`` (unreadable, or its worker died)."""
+    return ChunkResult(
+        [
+            FileRecord(path=p, status="error", label=label, error=message)
+            for p, label in sorted(item.labels.items())
+        ],
+        False,
+        0,
+    )
+
+
+def _still_valid(
+    context: RecordContext, item: ContainerTask, parsed: ParsedContainer, by_path: dict[str, Record]
+) -> bool:
+    """Whether the earlier run's output container holds every record of ``item`` as recorded."""
+    if set(item.previous) != set(item.labels):
+        return False
+    try:
+        output = context.reader.parse((context.output_dir / item.name).read_bytes())
+    except (OSError, *context.reader.read_errors()):
+        return False
+    written = {r.name: r.image for r in output.records}
+    for path, previous in item.previous.items():
+        record = by_path.get(path)
+        if record is None or record.image is None or previous.output_path is None:
+            return False
+        if sha256_bytes(record.image) != previous.input_sha256:
+            return False
+        image = written.get(previous.output_path.split(RECORD_SEPARATOR, 1)[-1])
+        if image is None or sha256_bytes(image) != previous.output_sha256:
+            return False
+    return True
+
+
+def run_records(
+    input_root: Path | str,
+    output_dir: Path,
+    containers: list[str],
+    reader: ContainerReader,
+    job: FolderJob,
+    *,
+    key_fingerprint: str,
+    options: OutputOptions = DEFAULT_OUTPUT,
+    resume: bool = False,
+    executor: Executor | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> ProtectRun:
+    """Protect the records ``job.labels`` (manifest paths ``CONTAINER#NAME``) of ``containers``
+    (relative to ``input_root``, a folder or a URL) into ``output_dir``, as :func:`~unlearnable.io.runner.run_folder`
+    does for files: same manifest, journal, resume, errors (see the module docstring).
+    ``job.skipped`` lists records copied unchanged (no image); ``job.problems`` failed ones.
+    Every container of ``containers`` is written, even one without a record to protect."""
+    _check_class_names(job.classes)
+    protector = job.protector
+    manifest = Manifest(
+        method=protector.method,
+        parameters={**protector.parameters(), "output": options.to_json()},
+        key_fingerprint=key_fingerprint,
+        label_mode=job.label_mode,
+        classes=list(job.classes),
+        extra={"input_format": reader.kind, **job.manifest_extra},
+    )
+    previous = _previous_records(output_dir, manifest, resume, job.run_files)
+    records: dict[str, FileRecord] = {}
+    for path, reason in (job.skipped or {}).items():
+        records[path] = FileRecord(path=path, status="skipped", reason=reason)
+    for path, message in job.problems.items():
+        records[path] = FileRecord(
+            path=path, status="error", label=job.labels.get(path), error=message
+        )
+    items = {name: ContainerTask(name, {}) for name in containers}
+    clusters = job.clusters or {}
+    for path, label in job.labels.items():
+        item = items[path.split(RECORD_SEPARATOR, 1)[0]]
+        item.labels[path] = label
+        if path in previous:
+            item.previous[path] = previous[path]
+        if path in clusters:
+            item.clusters[path] = clusters[path]
+    work = list(items.values())  # also those without protectable records: copied as they are
+    journal = _start_journal(output_dir, manifest, previous.values())
+    executor = executor or default_executor()
+    context = RecordContext(
+        input_root,
+        output_dir,
+        reader,
+        protector,
+        options,
+        {name: index for index, name in enumerate(job.classes)},
+    )
+    started = time.perf_counter()
+    total = len(job.labels)
+    done = resumed = 0
+    lossy = False
+    storage_problem: OSError | None = None
+    runs = executor.run(process_container, context, work, lost_container)
+    try:
+        for result in runs:
+            lossy |= result.lossy
+            resumed += result.resumed
+            for record in result.records:
+                records[record.path] = record
+            try:
+                journal.append(result.records)
+            except OSError as exc:
+                storage_problem = exc
+                break
+            done += len(result.records)
+            if progress is not None:
+                progress(done, total)
+    finally:
+        close = getattr(runs, "close", None)
+        if close is not None:
+            close()
+        journal.close()
+    seconds = time.perf_counter() - started
+    manifest.files = _ordered(records)
+    manifest.summary = _summary(manifest.files, seconds, resumed, lossy)
+    run = ProtectRun(manifest, output_dir, output_dir / MANIFEST_NAME, lossy)
+    if storage_problem is not None:
+        raise RunStorageError(
+            _storage_message("the run's journal", output_dir, storage_problem, run), run
+        )
+    try:
+        manifest.write(output_dir)
+    except OSError as exc:
+        raise RunStorageError(_storage_message(MANIFEST_NAME, output_dir, exc, run), run) from None
+    journal.remove()
+    return run
+
+
+def refuse_folder_labels(source: str) -> None:
+    """Shards and Parquet files take their labels from their records, not from folders or CSV."""
+    if source not in ("auto", "single"):
+        raise UsageError(
+            f"--labels {source}: shard and Parquet records carry their own labels (WebDataset: "
+            "--wds-label cls|json:FIELD|none; Parquet: --label-column); use --labels auto or single"
+        )
