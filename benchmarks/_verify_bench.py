@@ -1,4 +1,4 @@
-"""Shared by the CIFAR-10 verification benchmarks: protect a subset with CUDA, run attacks, print."""
+"""Shared by the CIFAR-10 verification benchmarks: protect a subset (``--method``), run attacks, print."""
 
 from __future__ import annotations
 
@@ -12,11 +12,20 @@ import torch
 from _cifar_subset import link_subset
 from _data import cifar10_root
 
-from unlearnable import CudaConfig, OutputOptions, RunOptions, SecretKey, protect_directory
+from unlearnable import (
+    CudaConfig,
+    OutputOptions,
+    PhotoConfig,
+    RunOptions,
+    SecretKey,
+    protect_directory,
+)
 from unlearnable.attacks.base import make_attack
 from unlearnable.attacks.training import TrainConfig
 from unlearnable.verify import run_verification
 from unlearnable.verify_inputs import load_verify_folders
+
+_METHODS = {"cuda": CudaConfig, "photo": PhotoConfig}
 
 
 def add_arguments(parser: argparse.ArgumentParser, epochs: int, at_epochs: int, attacks: str) -> None:
@@ -29,7 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser, epochs: int, at_epochs: int, 
     parser.add_argument("--pgd-steps", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=0.05)
-    parser.add_argument("--strength", default="mid", help="CUDA strength preset (low, mid, high)")
+    parser.add_argument("--strength", default="mid", help="strength preset (low, mid, high)")
+    parser.add_argument("--method", default="cuda", choices=("cuda", "photo"), help="protection method")
     parser.add_argument("--attacks", default=attacks, help="comma-separated attack and suite names")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
@@ -45,7 +55,7 @@ class Row:
 
 
 def run(args: argparse.Namespace, attack_names: list[str]) -> tuple[list[Row], float]:
-    """Protect the subset with CUDA, then verify every attack; returns rows and protect seconds."""
+    """Protect the subset with ``args.method``, then verify every attack; returns rows and protect seconds."""
     torch.set_num_threads(args.threads)
     root = cifar10_root(args.data)
     rows: list[Row] = []
@@ -55,7 +65,7 @@ def run(args: argparse.Namespace, attack_names: list[str]) -> tuple[list[Row], f
         test = link_subset(root / "test", scratch / "test", args.test_per_class)
         started = time.perf_counter()
         protected = protect_directory(train, scratch / "protected", SecretKey(bytes(32)),
-                                      CudaConfig(labels="folders", strength=args.strength),
+                                      _METHODS[args.method](labels="folders", strength=args.strength),
                                       RunOptions(output=OutputOptions(format="png")))
         protect_seconds = time.perf_counter() - started
         if protected.failed:
@@ -76,13 +86,13 @@ def run(args: argparse.Namespace, attack_names: list[str]) -> tuple[list[Row], f
             rows.append(Row(name, config.epochs, result.to_json()["attacks"][0], seconds))
             entry = rows[-1].entry
             print(f"done {name}: clean {100 * entry['clean']['peak_mean']:.1f}% "
-                  f"CUDA {100 * entry['protected']['peak_mean']:.1f}% in {seconds:.0f} s", flush=True)
+                  f"protected {100 * entry['protected']['peak_mean']:.1f}% in {seconds:.0f} s", flush=True)
     return rows, protect_seconds
 
 
 def print_table(title: str, rows: list[Row]) -> None:
     print(f"\n{title}")
-    print(f"{'attack':<15}{'epochs':>7}{'clean peak':>12}{'clean last':>12}{'CUDA peak':>11}{'CUDA last':>11}"
+    print(f"{'attack':<15}{'epochs':>7}{'clean peak':>12}{'clean last':>12}{'prot. peak':>11}{'prot. last':>11}"
           f"{'PER peak':>10}{'PER last':>10}{'seconds':>9}")
     for row in rows:
         clean, protected = row.entry["clean"], row.entry["protected"]
@@ -102,5 +112,5 @@ def print_table(title: str, rows: list[Row]) -> None:
 def setting(args: argparse.Namespace, protect_seconds: float) -> str:
     test = "all" if args.test_per_class is None else args.test_per_class
     return (f"{args.per_class}/class train, {test}/class test, {args.model}, batch {args.batch_size}, "
-            f"lr {args.lr} cosine, CUDA strength {args.strength} (PNG), PGD steps {args.pgd_steps}, "
+            f"lr {args.lr} cosine, {args.method} strength {args.strength} (PNG), PGD steps {args.pgd_steps}, "
             f"seed {args.seed}; protect took {protect_seconds:.1f} s")

@@ -13,6 +13,8 @@ JPEG (q~75), the set is 10x smaller and training is far shorter.
 
     python benchmarks/verify_cuda_cifar10.py
     python benchmarks/verify_cuda_cifar10.py --per-class 200 --epochs 10 --attacks erm
+    python benchmarks/verify_cuda_cifar10.py --method photo --per-class 200 --test-per-class 200 \
+        --epochs 10 --attacks erm,grayscale          # the default method on 32 px files
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ def main() -> None:
     _verify_bench.add_arguments(parser, epochs=15, at_epochs=6, attacks="erm,at-linf-4,at-l2-0.5")
     args = parser.parse_args()
     rows, protect_seconds = _verify_bench.run(args, args.attacks.split(","))
-    _verify_bench.print_table("CUDA on CIFAR-10 JPEG: " + _verify_bench.setting(args, protect_seconds), rows)
+    _verify_bench.print_table(f"{args.method} on CIFAR-10 JPEG: " + _verify_bench.setting(args, protect_seconds), rows)
 
 
 if __name__ == "__main__":

@@ -58,7 +58,8 @@ def demo(
     from ..datasets import DEMO_CLASSES, write_demo_folder
     from ..io.preview import write_preview
     from ..keys import write_key_file
-    from ..protect import CudaConfig, RunOptions, protect_directory
+    from ..protect import RunOptions, protect_directory
+    from ..protect.methods import DEFAULT_METHOD, method_entry
     from ..run_folder import fresh_folder
     from ..verify_run import VerifyOptions
 
@@ -76,7 +77,7 @@ def demo(
             clean_train,
             protected_train,
             key,
-            CudaConfig(labels="folders"),
+            method_entry(DEFAULT_METHOD).config(labels="folders"),  # what protect does
             RunOptions(workers=1),
             progress=bars.counter("protecting"),
         )

@@ -40,6 +40,17 @@ class Measurement:
 
 MEASUREMENTS: tuple[Measurement, ...] = (
     Measurement(
+        "photo",
+        "thumbnail",
+        "png",
+        0.50,
+        0.51,
+        "CIFAR-10 JPEG files, 32 px, 200 per class, 10 epochs; worst of ERM (0.69 / 0.69) and "
+        "grayscale (0.50 / 0.51)",
+        "python benchmarks/verify_cuda_cifar10.py --method photo --per-class 200 "
+        "--test-per-class 200 --epochs 10 --attacks erm,grayscale, 2026-11-22",
+    ),
+    Measurement(
         "cuda",
         "thumbnail",
         "png",
