@@ -2,8 +2,9 @@
 
 (a) floor: decode + re-encode to the same format with Pillow (JPEG keeps its quantisation
     tables) + write each file, in ``--workers`` processes, chunks of 64 files;
-(b) protect: ``unlearnable.protect_directory`` (decode, CUDA filter, PSNR/SSIM, encode, atomic
-    write, sha256, manifest) with the same workers.
+(b) protect: ``unlearnable.protect_directory`` (decode, the method's protection, per-file quality
+    metrics, encode, atomic write, sha256, manifest) with the same workers; ``--method`` names
+    the registered method (default: the tool's default method).
 
 Datasets: the CIFAR-10 JPEG train split (50,000 files of 32x32; ``--data``, ``--limit``) and a
 folder of large photos made by the benchmark (``--photos`` images of ``--photo-size``).
@@ -13,6 +14,7 @@ gives the median images/s of each and the median of the per-round ratios (protec
 
     python benchmarks/protect_throughput.py                 # everything, 3 rounds
     python benchmarks/protect_throughput.py --limit 5000 --photos 10 --rounds 5
+    python benchmarks/protect_throughput.py --method cuda --skip-cifar --photos 8
 """
 
 from __future__ import annotations
@@ -35,9 +37,10 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _data import cifar10_root  # noqa: E402
 
-from unlearnable import CudaConfig, RunOptions, SecretKey, protect_directory  # noqa: E402
+from unlearnable import RunOptions, SecretKey, protect_directory  # noqa: E402
 from unlearnable.io.discover import discover_images  # noqa: E402
 from unlearnable.io.executors import default_workers  # noqa: E402
+from unlearnable.protect.api import DEFAULT_METHOD  # noqa: E402
 
 
 def _floor_chunk(args: tuple[Path, Path, list[str]]) -> int:
@@ -67,11 +70,9 @@ def io_floor(source: Path, target: Path, files: list[str], workers: int) -> floa
     return time.perf_counter() - start
 
 
-def protect_time(source: Path, target: Path, workers: int) -> tuple[float, int]:
+def protect_time(source: Path, target: Path, workers: int, method: str) -> tuple[float, int]:
     start = time.perf_counter()
-    run = protect_directory(
-        source, target, SecretKey(bytes(32)), CudaConfig(labels="auto"), RunOptions(workers=workers)
-    )
+    run = protect_directory(source, target, SecretKey(bytes(32)), method, RunOptions(workers=workers))
     seconds = time.perf_counter() - start
     assert not run.failed, run.failed[:3]
     return seconds, len(run.succeeded)
@@ -103,7 +104,9 @@ def make_photos(folder: Path, count: int, width: int, height: int) -> Path:
     return folder
 
 
-def measure(name: str, source: Path, workers: int, scratch: Path, rounds: int) -> dict:
+def measure(
+    name: str, source: Path, workers: int, scratch: Path, rounds: int, method: str
+) -> dict:
     """Interleaved floor / protect rounds; medians of images/s and of the per-round ratio."""
     files = discover_images(source).files
     floor_dir, protect_dir = scratch / f"{name}-floor", scratch / f"{name}-protect"
@@ -111,7 +114,7 @@ def measure(name: str, source: Path, workers: int, scratch: Path, rounds: int) -
     for index in range(rounds):
         floor_s = io_floor(source, floor_dir, files, workers)
         shutil.rmtree(floor_dir)
-        protect_s, done = protect_time(source, protect_dir, workers)
+        protect_s, done = protect_time(source, protect_dir, workers, method)
         shutil.rmtree(protect_dir)
         floors.append(len(files) / floor_s)
         protects.append(done / protect_s)
@@ -146,6 +149,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=default_workers())
     parser.add_argument("--skip-cifar", action="store_true")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
+    parser.add_argument(
+        "--method", default=DEFAULT_METHOD, help=f"registered method (default {DEFAULT_METHOD})"
+    )
     args = parser.parse_args()
     width, height = map(int, args.photo_size.lower().split("x"))
 
@@ -161,18 +167,25 @@ def main() -> None:
                     args.workers,
                     scratch,
                     args.rounds,
+                    args.method,
                 )
             )
         if args.photos:
             photos = make_photos(scratch / "photos-src", args.photos, width, height)
             rows.append(
                 measure(
-                    f"photos-{args.photo_size}-jpeg", photos, args.workers, scratch, args.rounds
+                    f"photos-{args.photo_size}-jpeg",
+                    photos,
+                    args.workers,
+                    scratch,
+                    args.rounds,
+                    args.method,
                 )
             )
 
     print(
-        f"\nprotect throughput, workers={args.workers}, cpu cores={os.cpu_count()}, "
+        f"\nprotect throughput, method {args.method}, workers={args.workers}, "
+        f"cpu cores={os.cpu_count()}, load average {os.getloadavg()[0]:.1f}, "
         f"median of {args.rounds} interleaved rounds"
     )
     print(
