@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -194,14 +194,55 @@ def run_folder(
         memory = MemoryGate.for_workers(executor.workers)
     context = WorkContext(input_dir, output_dir, protector, options, output_names, memory)
 
+    return run_and_record(
+        executor,
+        process_chunk,
+        context,
+        _chunks(input_dir, tasks),
+        lost_chunk,
+        RunBook(manifest, records, journal, output_dir),
+        total=len(tasks),
+        progress=progress,
+    )
+
+
+@dataclass
+class RunBook:
+    """What a run writes down: the ``manifest`` it will write, the ``records`` so far (by
+    path; earlier runs', skipped and failed ones), the open ``journal`` and the
+    ``output_dir``."""
+
+    manifest: Manifest
+    records: dict[str, FileRecord]
+    journal: Journal
+    output_dir: Path
+
+
+def run_and_record(
+    executor: Executor,
+    function: Callable[[Any, Any], Any],
+    context: Any,
+    items: Iterable[Any],
+    lost: Callable[[Any, BaseException], Any],
+    book: RunBook,
+    *,
+    total: int,
+    progress: Callable[[int, int], None] | None = None,
+) -> ProtectRun:
+    """Run ``function(context, item)`` for every item on ``executor`` (``lost(item, error)`` for
+    an item whose worker died), journal each result's records as it arrives, then fold every
+    record into the manifest and write it: the part the folder runner and the record runner
+    (:mod:`unlearnable.io.formats.run`) share. Each result has ``records``, ``lossy`` and
+    ``resumed``; ``progress(done, total)`` follows the records. Raises
+    :class:`RunStorageError` when the journal or the manifest cannot be written (what was
+    journalled stays resumable); a ``KeyboardInterrupt`` stops the executor's workers."""
+    manifest, records, journal = book.manifest, book.records, book.journal
+    output_dir = book.output_dir
     started = time.perf_counter()
-    total = len(tasks)
-    done = 0
+    done = resumed = 0
     lossy = False
-    resumed = 0
     storage_problem: OSError | None = None
-    chunks = _chunks(input_dir, tasks)
-    runs = executor.run(process_chunk, context, chunks, lost_chunk)
+    runs = executor.run(function, context, items, lost)
     try:
         for result in runs:
             lossy |= result.lossy
@@ -222,7 +263,6 @@ def run_folder(
             close()  # stops the executor's workers when the loop ended early
         journal.close()
     seconds = time.perf_counter() - started
-
     manifest.files = _ordered(records)
     manifest.summary = _summary(manifest.files, seconds, resumed, lossy)
     run = ProtectRun(manifest, output_dir, output_dir / MANIFEST_NAME, lossy)

@@ -20,7 +20,6 @@ engine (:mod:`unlearnable.engines.ray_engine`).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,18 +29,16 @@ from ..atomic import atomic_write_bytes
 from ..executors import Executor
 from ..hashing import sha256_bytes
 from ..images import EXTENSION_FOR_FORMAT, OUTPUT_FORMATS
-from ..manifest import MANIFEST_NAME, FileRecord, Manifest
+from ..manifest import FileRecord, Manifest
 from ..runner import (
     FolderJob,
     ProtectRun,
-    RunStorageError,
+    RunBook,
     _check_class_names,
-    _ordered,
     _previous_records,
     _start_journal,
-    _storage_message,
-    _summary,
     default_executor,
+    run_and_record,
 )
 from ..work import DEFAULT_OUTPUT, ChunkResult, OutputOptions, Task, WorkContext, process_chunk
 from . import read_container
@@ -271,45 +268,16 @@ def run_records(
         options,
         {name: index for index, name in enumerate(job.classes)},
     )
-    started = time.perf_counter()
-    total = len(job.labels)
-    done = resumed = 0
-    lossy = False
-    storage_problem: OSError | None = None
-    runs = executor.run(process_container, context, work, lost_container)
-    try:
-        for result in runs:
-            lossy |= result.lossy
-            resumed += result.resumed
-            for record in result.records:
-                records[record.path] = record
-            try:
-                journal.append(result.records)
-            except OSError as exc:
-                storage_problem = exc
-                break
-            done += len(result.records)
-            if progress is not None:
-                progress(done, total)
-    finally:
-        close = getattr(runs, "close", None)
-        if close is not None:
-            close()
-        journal.close()
-    seconds = time.perf_counter() - started
-    manifest.files = _ordered(records)
-    manifest.summary = _summary(manifest.files, seconds, resumed, lossy)
-    run = ProtectRun(manifest, output_dir, output_dir / MANIFEST_NAME, lossy)
-    if storage_problem is not None:
-        raise RunStorageError(
-            _storage_message("the run's journal", output_dir, storage_problem, run), run
-        )
-    try:
-        manifest.write(output_dir)
-    except OSError as exc:
-        raise RunStorageError(_storage_message(MANIFEST_NAME, output_dir, exc, run), run) from None
-    journal.remove()
-    return run
+    return run_and_record(
+        executor,
+        process_container,
+        context,
+        work,
+        lost_container,
+        RunBook(manifest, records, journal, output_dir),
+        total=len(job.labels),
+        progress=progress,
+    )
 
 
 def refuse_folder_labels(source: str) -> None:
