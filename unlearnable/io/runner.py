@@ -223,13 +223,13 @@ def run_and_record(
     function: Callable[[Any, Any], Any],
     context: Any,
     items: Iterable[Any],
-    lost: Callable[[Any, BaseException], Any],
+    lost: Callable[[Any, str], Any],
     book: RunBook,
     *,
     total: int,
     progress: Callable[[int, int], None] | None = None,
 ) -> ProtectRun:
-    """Run ``function(context, item)`` for every item on ``executor`` (``lost(item, error)`` for
+    """Run ``function(context, item)`` for every item on ``executor`` (``lost(item, message)`` for
     an item whose worker died), journal each result's records as it arrives, then fold every
     record into the manifest and write it: the part the folder runner and the record runner
     (:mod:`unlearnable.io.formats.run`) share. Each result has ``records``, ``lossy`` and
