@@ -435,3 +435,17 @@ def test_diffusion_task_without_diffusers_says_how_to_install(
             str(cli_setup / "ill"), "--legal", str(cli_setup / "leg"), "--device", "cpu"]  # fmt: skip
     result = runner.invoke(main, args)
     assert result.exit_code == 2 and "needs diffusers: pip install" in result.output
+
+
+def test_data_folder_label_problems_are_named_with_their_reason(tmp_path):
+    """A file outside any class folder is refused with the reason of the first problem."""
+    from PIL import Image
+
+    from unlearnable.defenses.freeze_adapters import load_classification_folder
+    from unlearnable.errors import InputError
+
+    (tmp_path / "cat").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "cat" / "a.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "loose.png")
+    with pytest.raises(InputError, match=r"1 images have no usable class folder, e\.g\. loose\.png: "):
+        load_classification_folder(tmp_path, ["cat"], 8)

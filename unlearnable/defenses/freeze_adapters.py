@@ -263,9 +263,10 @@ def load_classification_folder(
         raise InputError(f"no images found in {root}")
     assignment = assign_labels(root, files, "folders")
     if assignment.problems:
-        first = next(iter(assignment.problems))
+        first, message = next(iter(assignment.problems.items()))
         raise InputError(
-            f"{root}: {len(assignment.problems)} images are not in a class subfolder, e.g. {first}"
+            f"{root}: {len(assignment.problems)} images have no usable class folder, e.g. "
+            f"{first}: {message}"
         )
     index = {name: i for i, name in enumerate(classes)}
     unknown = sorted(set(assignment.labels.values()) - set(index))
