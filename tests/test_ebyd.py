@@ -43,7 +43,9 @@ from unlearnable.defenses.removal import (
     PruneConfig,
     choose_pruning,
     learn_masks,
+    per_layer,
     prune,
+    rank_channels,
     require_batch_norm,
 )
 from unlearnable.errors import InputError, UsageError
@@ -306,7 +308,7 @@ def test_masks_are_learned_alone_and_pruning_is_chosen_on_clean_accuracy(backdoo
     )
     masks = {name: torch.linspace(0, 1, v.numel()) for name, v in result.masks.items()}
     choice = choose_pruning(backdoored, masks, clean.images, clean.labels,
-                            PruneConfig(max_drop=0.1))  # fmt: skip
+                            PruneConfig(max_drop=0.1, by="threshold"))  # fmt: skip
     drops = [choice.reference_acc - r["defense_acc"] for r in choice.sweep]
     assert [r["threshold"] for r in choice.sweep] == list(PruneConfig().grid)
     allowed = [r["threshold"] for r, d in zip(choice.sweep, drops, strict=True) if d <= 0.1]
@@ -326,11 +328,70 @@ def test_pruning_keeps_the_model_when_even_zero_masks_cost_too_much(backdoored) 
     first = next(iter(masks))
     masks[first][:] = 0.0  # every channel of the first layer "recovered" to 0
     choice = choose_pruning(backdoored, masks, clean.images, clean.labels,
-                            PruneConfig(max_drop=0.05))  # fmt: skip
+                            PruneConfig(max_drop=0.05, by="threshold"))  # fmt: skip
     assert choice.reference_acc > 0.9 and choice.channels == []
     x = clean.images[:8].float() / 255
     assert torch.equal(choice.model(x), backdoored(x)) and choice.model is not backdoored
     assert len(prune(backdoored, masks, 0.0)[1]) == masks[first].numel()
+
+
+def test_ranking_breaks_ties_by_how_early_a_mask_fell() -> None:
+    masks = {"a": torch.tensor([0.0, 0.5, 0.0]), "b": torch.tensor([0.0, 1.0])}
+    history = [{"a": torch.tensor([0.2, 0.9, 0.6]), "b": torch.tensor([0.1, 1.0])}, masks]
+    ranked = [(n, c) for _, n, c in rank_channels(masks, history)]
+    assert ranked == [("b", 0), ("a", 0), ("a", 2), ("a", 1), ("b", 1)]
+    assert [(n, c) for _, n, c in rank_channels(masks)][:3] == [("a", 0), ("a", 2), ("b", 0)]
+
+
+def test_pruning_by_count_takes_the_lowest_channels_within_the_tolerance(backdoored) -> None:
+    clean = _clean_set()
+    learned = learn_masks(backdoored, clean.images, clean.labels, MaskConfig(epochs=2))
+    assert len(learned.history) == 2
+    assert all(torch.equal(learned.history[-1][k], v) for k, v in learned.masks.items())
+    layers = require_batch_norm(backdoored)
+    masks = {name: torch.rand(m.num_features, generator=torch.Generator().manual_seed(i))
+             for i, (name, m) in enumerate(layers)}  # fmt: skip
+    counts = (1, 2, 4, 8, 16, 32, 56)
+    choice = choose_pruning(backdoored, masks, clean.images, clean.labels,
+                            PruneConfig(by="count", max_drop=0.1, counts=counts))  # fmt: skip
+    ranked = [(n, c) for _, n, c in rank_channels(masks)]
+    drops = [choice.reference_acc - r["defense_acc"] for r in choice.sweep]
+    assert [r["pruned"] for r in choice.sweep] == list(counts[: len(choice.sweep)])
+    within = next((i for i, d in enumerate(drops) if d > 0.1), len(drops))
+    assert len(choice.channels) == (counts[within - 1] if within else 0)
+    assert choice.channels == ranked[: len(choice.channels)]
+    assert within == len(drops) - 1  # all 56 channels break it; the sweep stops there
+    original, after = backdoored.state_dict(), choice.model.state_dict()
+    pruned_weights = {(n, c) for n, c in choice.channels}
+    for name, _ in layers:
+        for c in range(original[f"{name}.weight"].numel()):
+            expected = 0.0 if (name, c) in pruned_weights else original[f"{name}.weight"][c]
+            assert float(after[f"{name}.weight"][c]) == float(expected)
+    with pytest.raises(UsageError):
+        PruneConfig(by="count", rule="fixed")
+    assert PruneConfig(rule="fixed").by == "threshold" and PruneConfig().by == "layer"
+    with pytest.raises(UsageError):
+        PruneConfig(by="size")
+
+
+def test_pruning_by_layer_takes_the_lowest_fraction_of_every_layer(backdoored) -> None:
+    masks = {"a": torch.tensor([0.9, 0.1, 0.5, 0.0]), "b": torch.tensor([0.2] + [1.0] * 7)}
+    ranked = rank_channels(masks)
+    assert per_layer(ranked, 0.25) == [("a", 3), ("b", 0), ("b", 1)]  # 1 of 4, 2 of 8
+    assert sorted(per_layer(ranked, 0.5)) == [("a", 1), ("a", 3), ("b", 0), ("b", 1), ("b", 2),
+                                              ("b", 3)]  # fmt: skip
+    clean = _clean_set()
+    layers = require_batch_norm(backdoored)
+    learned = {name: torch.rand(m.num_features, generator=torch.Generator().manual_seed(i))
+               for i, (name, m) in enumerate(layers)}  # fmt: skip
+    fractions = (1 / 8, 1 / 4, 1 / 2, 1.0)
+    choice = choose_pruning(backdoored, learned, clean.images, clean.labels,
+                            PruneConfig(by="layer", max_drop=0.1, fractions=fractions))  # fmt: skip
+    drops = [choice.reference_acc - r["defense_acc"] for r in choice.sweep]
+    within = next((i for i, d in enumerate(drops) if d > 0.1), len(drops))
+    assert within == len(drops) - 1  # pruning every channel breaks the budget
+    expected = per_layer(rank_channels(learned), fractions[within - 1]) if within else []
+    assert choice.channels == expected
 
 
 def test_removal_refuses_models_it_cannot_mask(tmp_path) -> None:
@@ -355,11 +416,19 @@ def test_scan_and_purify_library_calls(backdoored, tmp_path) -> None:
     purified = purify_model(
         model,
         clean,
-        PurifyConfig(exposure=fast, masks=MaskConfig(epochs=3), defense_images=80),
+        PurifyConfig(exposure=fast, masks=MaskConfig(epochs=3), defense_images=80,
+                     prune=PruneConfig(by="threshold")),
         trigger={"name": "badnets", "target": 0},
-    )
+    )  # fmt: skip
     assert purified.asr_before is not None and purified.trigger["target"] == 0
     assert purified.model is not model and purified.choice.threshold in (0.0, *PruneConfig().grid)
+    layered = purify_model(model, clean, PurifyConfig(exposure=fast, masks=MaskConfig(epochs=3),
+                                                      defense_images=80))  # fmt: skip
+    assert PurifyConfig().prune.by == "layer" and layered.to_report()["by"] == "layer"
+    drop = layered.choice.reference_acc - min(
+        [layered.choice.reference_acc] + [r["defense_acc"] for r in layered.choice.sweep[:-1]]
+    )
+    assert drop <= 0.05 and len(layered.masks.history) == 3
 
 
 # ------------------------------------------------------------------------- command line

@@ -194,7 +194,7 @@ def write_purify_folder(
     run.write_report(report, version=REPORT_VERSION)
     rule = result.config.prune
     how = (
-        f"largest threshold with defense-accuracy drop <= {rule.max_drop:g}"
+        f"largest amount (by {rule.by}) with defense-accuracy drop <= {rule.max_drop:g}"
         if rule.rule == "max-drop"
         else f"fixed threshold {rule.threshold:g}"
     )
