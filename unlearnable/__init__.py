@@ -109,12 +109,12 @@ _LAZY.update(
 _LAZY.update(
     {
         "scan_model": ".defenses.ebyd",
-        "purify_model": ".defenses.ebyd",
-        "save_purified": ".defenses.ebyd",
+        "purify_model": ".defenses.purify",
+        "save_purified": ".defenses.purify",
         "ScanConfig": ".defenses.ebyd",
-        "PurifyConfig": ".defenses.ebyd",
+        "PurifyConfig": ".defenses.purify",
         "ScanResult": ".defenses.ebyd",
-        "PurifyResult": ".defenses.ebyd",
+        "PurifyResult": ".defenses.purify",
         "ExposureConfig": ".defenses.exposure",
         "expose": ".defenses.exposure",
         "DetectionConfig": ".defenses.detection",
@@ -274,15 +274,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .audit import AuditConfig, AuditResult, audit_model, load_probes, write_audit_folder
     from .checkpoints import LoadedModel, ModelSpec, load_model, read_state_dict, save_model
     from .defenses.detection import DetectionConfig
-    from .defenses.ebyd import (
-        PurifyConfig,
-        PurifyResult,
-        ScanConfig,
-        ScanResult,
-        purify_model,
-        save_purified,
-        scan_model,
-    )
+    from .defenses.ebyd import ScanConfig, ScanResult, scan_model
     from .defenses.exposure import ExposureConfig, expose
     from .defenses.freeze import (
         ClassificationAdapter,
@@ -302,6 +294,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         relearn,
         save_mask,
     )
+    from .defenses.purify import PurifyConfig, PurifyResult, purify_model, save_purified
     from .engines.ray_engine import RayExecutor
     from .io.formats import FormatOptions
     from .keys import SecretKey, load_key_file, write_key_file

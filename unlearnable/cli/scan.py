@@ -284,8 +284,9 @@ def scan(
     type=click.Choice(("max-drop", "fixed")),
     default="max-drop",
     show_default=True,
-    help="How the pruning threshold is chosen (never from the trigger): the largest "
-    "with a defense-accuracy drop <= --max-drop, or --prune-threshold.",
+    help="How much is pruned (never from the trigger): max-drop = the largest fraction of "
+    "lowest-mask channels per layer with a defense-accuracy drop <= --max-drop; fixed = every "
+    "channel with mask <= --prune-threshold (RNP).",
 )
 @click.option("--max-drop", type=click.FloatRange(0, 1), default=0.05, show_default=True)
 @click.option(
@@ -343,9 +344,9 @@ def purify(
     MODEL needs batch-norm layers that can be edited: our format or a state dict with --arch
     (TorchScript and torch.export archives are refused; `scan` reads them).
     """
-    from ..defenses.ebyd import PurifyConfig, purify_model, save_purified
     from ..defenses.ebyd_data import load_clean_folder
     from ..defenses.ebyd_report import write_purify_folder
+    from ..defenses.purify import PurifyConfig, purify_model, save_purified
     from ..defenses.removal import MaskConfig, PruneConfig, require_batch_norm
 
     config = PurifyConfig(

@@ -1,0 +1,224 @@
+"""EBYD removal as a library call: :func:`purify_model` exposes a copy of the model, learns
+batch-norm masks on the exposed copy and prunes the lowest channels of the **original** model,
+choosing how much from clean accuracy only (:mod:`.removal`, RNP); it reports clean accuracy
+before/after on held-out clean images and, for a known trigger, the attack success rate.
+The clean-data split and model loading are shared with :func:`~.ebyd.scan_model`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import UsageError
+from ..training.classification import evaluate
+from .ebyd import StageProgress, _exposure_notes, _model_and_data, _stage
+from .exposure import ExposureConfig, ExposureResult, expose
+from .removal import (
+    MaskConfig,
+    MaskResult,
+    PruneChoice,
+    PruneConfig,
+    choose_pruning,
+    learn_masks,
+    require_batch_norm,
+)
+
+
+@dataclass(frozen=True)
+class PurifyConfig:
+    """``exposure``, ``masks`` and ``prune`` settings, the defense-set size and the split seed."""
+
+    exposure: ExposureConfig = field(default_factory=ExposureConfig)
+    masks: MaskConfig = field(default_factory=MaskConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    defense_images: int = 500
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.defense_images < 2:
+            raise UsageError(f"defense_images must be >= 2, got {self.defense_images}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "exposure": self.exposure.to_dict(),
+            "masks": self.masks.to_dict(),
+            "prune": self.prune.to_dict(),
+            "defense_images": self.defense_images,
+            "seed": self.seed,
+        }
+
+
+@dataclass
+class PurifyResult:
+    """What :func:`purify_model` did. ``model`` is the pruned copy of the original (same
+    class as the input, e.g. a :class:`~unlearnable.checkpoints.LoadedModel`)."""
+
+    model: nn.Module
+    choice: PruneChoice
+    masks: MaskResult
+    exposure: ExposureResult
+    classes: tuple[str, ...]
+    clean_acc_before: float | None
+    clean_acc_after: float | None
+    asr_before: float | None
+    asr_after: float | None
+    trigger: dict[str, Any] | None
+    config: PurifyConfig
+    source: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_report(self) -> dict[str, Any]:
+        return {
+            "model": self.source,
+            "threshold": self.choice.threshold,
+            "pruned_channels": len(self.choice.channels),
+            "channels": [{"layer": n, "channel": c} for n, c in self.choice.channels],
+            "total_channels": sum(v.numel() for v in self.masks.masks.values()),
+            "rule": self.config.prune.rule,
+            "by": self.config.prune.by,
+            "defense_acc_before": self.choice.reference_acc,
+            "clean_acc_before": self.clean_acc_before,
+            "clean_acc_after": self.clean_acc_after,
+            "trigger": self.trigger,
+            "asr_before": self.asr_before,
+            "asr_after": self.asr_after,
+            "classes": list(self.classes),
+            "exposure": {
+                "method": self.exposure.config.method,
+                "epochs": self.exposure.epochs,
+                "stopped_early": self.exposure.stopped_early,
+                "stop_reason": self.exposure.stop_reason,
+            },
+            "sweep": self.choice.sweep,
+            "epochs": self.exposure.rows,
+            "mask_epochs": self.masks.rows,
+            "notes": list(self.notes),
+        }
+
+
+def purify_model(
+    model: Any,
+    clean: Any,
+    config: PurifyConfig | None = None,
+    *,
+    trigger: Any = None,
+    target: int | None = None,
+    device: str | None = None,
+    progress: StageProgress | None = None,
+    load_progress: Callable[[int, int], None] | None = None,
+) -> PurifyResult:
+    """Remove a backdoor: expose, learn BN masks on the exposed model, prune the original.
+
+    ``model``/``clean`` as for :func:`scan_model`, but the model must have batch-norm layers
+    it can mask (our format or a state dict for a registered architecture; TorchScript and
+    ``torch.export`` archives are refused with a ``UsageError``). ``trigger`` (a
+    :class:`~unlearnable.attacks.backdoor.BackdoorTrigger` or a spec for
+    :func:`~unlearnable.attacks.backdoor.backdoor_from_spec`) and ``target`` (class index; taken
+    from a spec that has one) add ASR before and after, on the held-out non-target images; they
+    never influence the pruning. The input model is not changed.
+    """
+    from ..attacks.backdoor import BackdoorTrigger, attack_success_rate, backdoor_from_spec
+
+    config = config or PurifyConfig()
+    subject = _model_and_data(
+        model, clean, config.defense_images, config.seed, device, load_progress
+    )
+    require_batch_norm(subject.model)
+    trig = None
+    if trigger is not None:
+        if target is None and isinstance(trigger, dict) and "target" in trigger:
+            target = int(trigger["target"])
+        trig = trigger if isinstance(trigger, BackdoorTrigger) else backdoor_from_spec(trigger)
+        if target is None:
+            raise UsageError("ASR needs the backdoor's target class with the trigger")
+        if not 0 <= target < len(subject.classes):
+            raise UsageError(f"target {target} is not a class index of the model")
+    exposure = expose(
+        subject.model,
+        subject.defense.images,
+        subject.defense.labels,
+        len(subject.classes),
+        config.exposure,
+        subject.holdout.images,
+        subject.holdout.labels,
+        progress=_stage(progress, "expose"),
+    )
+    masks = learn_masks(
+        exposure.model,
+        subject.defense.images,
+        subject.defense.labels,
+        config.masks,
+        progress=_stage(progress, "masks"),
+    )
+    hold = subject.holdout if len(subject.holdout) else subject.defense
+
+    def extra(pruned: nn.Module) -> dict[str, Any]:
+        row: dict[str, Any] = {"holdout_acc": evaluate(pruned, hold.images, hold.labels)}
+        if trig is not None:
+            row["asr"] = attack_success_rate(pruned, hold.images, hold.labels, trig, target)
+        return row
+
+    choice = choose_pruning(
+        subject.model,
+        masks.masks,
+        subject.defense.images,
+        subject.defense.labels,
+        config.prune,
+        extra=extra,
+        history=masks.history,
+    )
+    before = extra(subject.model)
+    after = extra(choice.model)
+    notes = _exposure_notes(exposure)
+    if len(subject.holdout) == 0:
+        notes.append("no held-out clean images: accuracies are measured on the defense set")
+    if not choice.channels:
+        notes.append("no channel was pruned at the chosen threshold: the model is unchanged")
+    return PurifyResult(
+        choice.model,
+        choice,
+        masks,
+        exposure,
+        subject.classes,
+        before["holdout_acc"],
+        after["holdout_acc"],
+        before.get("asr"),
+        after.get("asr"),
+        None if trig is None else {**trig.describe(), "target": target},
+        config,
+        subject.source,
+        notes,
+    )
+
+
+def save_purified(result: PurifyResult, path: str | Path) -> Path:
+    """Save the purified model in our format (``model.safetensors`` + ``model.json``), with
+    the pruning recorded in the spec's metadata. Returns the ``model.json`` path."""
+    from ..checkpoints import LoadedModel, save_model
+
+    model = result.model
+    if not isinstance(model, LoadedModel) or model.spec.arch is None:
+        raise UsageError("only a LoadedModel with a registered architecture can be saved")
+    metadata = dict(model.spec.metadata)
+    metadata["purified"] = {
+        "method": "ebyd-rnp",
+        "from": result.source,
+        "from_sha256": model.sha256,
+        "threshold": result.choice.threshold,
+        "pruned_channels": len(result.choice.channels),
+        "clean_acc_before": result.clean_acc_before,
+        "clean_acc_after": result.clean_acc_after,
+    }
+    spec = dataclasses.replace(model.spec, metadata=metadata)
+    with torch.no_grad():
+        return save_model(model.module, path, spec)
+
+
+__all__ = ["PurifyConfig", "PurifyResult", "purify_model", "save_purified"]
