@@ -102,11 +102,13 @@ def defend(model, trigger, target, rate, seed, data, args) -> dict:
     prior = featureless_prior(model, hold_images, 10)
     prune_cfg = PruneConfig(max_drop=args.max_drop)
     masks = learn_masks(full.model, defense.images, defense.labels, MaskConfig(seed=seed))
-    choice = choose_pruning(model, masks.masks, defense.images, defense.labels, prune_cfg)
+    choice = choose_pruning(model, masks.masks, defense.images, defense.labels, prune_cfg,
+                            history=masks.history)  # fmt: skip
     ca_p, asr_p = metrics(choice.model)
     ft_ca, ft_asr = metrics(fine_tune(model, defense.images, defense.labels, 10, seed))
     raw = learn_masks(model, defense.images, defense.labels, MaskConfig(seed=seed))
-    raw_choice = choose_pruning(model, raw.masks, defense.images, defense.labels, prune_cfg)
+    raw_choice = choose_pruning(model, raw.masks, defense.images, defense.labels, prune_cfg,
+                                history=raw.history)  # fmt: skip
     raw_ca, raw_asr = metrics(raw_choice.model)
     return {
         "exposure_epochs": [full.epochs] + [h.epochs for h in halves],
@@ -182,7 +184,8 @@ def print_table(rows, seconds: float, args) -> None:
         f"defense {args.defense_per_class}/class held out of training; CA/ASR on "
         f"{args.test_per_class}/class test images; histograms on the first {args.holdout}; CUL "
         f"SGD 0.01 until defense acc <= 0.20 (max {args.max_epochs} epochs); detector "
-        f"{chosen}, flag at score >= {threshold}; prune: max defense-acc drop {args.max_drop})"
+        f"{chosen}, flag at score >= {threshold}; prune: lowest-mask fraction per layer, max "
+        f"defense-acc drop {args.max_drop}; tau = highest pruned mask)"
     )
     head = ("model", "CA", "ASR", "ep", "ASRexp", "score", "tops", "verdict", "t/det", "tau",
             "#pr", "CA_pur", "ASR_pur", "CA_ft", "ASR_ft", "CA_unexp", "ASR_unexp")  # fmt: skip
