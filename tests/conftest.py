@@ -60,3 +60,16 @@ def tree_digest(root: Path) -> dict[str, str]:
         for p in sorted(root.rglob("*"))
         if p.is_file() and not p.is_symlink()
     }
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread during a test, restored after it: tiny models gain nothing from
+    intra-op threads, and on a loaded 2-core machine OpenMP spinning makes them many times
+    slower. Modules use it with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -31,13 +31,7 @@ from unlearnable.models import build_victim
 CLASSES = ("cat", "dog", "bird")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Small models on a shared 2-core CPU run faster without intra-op threads.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest
 
 
 def _images(n: int, size: int = 16, channels: int = 3, seed: int = 0) -> torch.Tensor:

@@ -35,12 +35,7 @@ from .conftest import FIXED_KEY, tree_digest
 UC_FAST = ["--surrogate", "random", "--clusters", "3", "--uc-steps", "3", "--workers", "1", "-q"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest
 
 
 @pytest.fixture(autouse=True)

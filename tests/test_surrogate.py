@@ -23,14 +23,7 @@ from unlearnable.protect.surrogate import (
     resize_center_crop,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Small models on a shared 2-core CPU run faster without intra-op threads.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest
 
 
 def _random(spec: str = "random", **kwargs) -> Surrogate:
