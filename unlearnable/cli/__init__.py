@@ -18,7 +18,7 @@ from .._version import __version__
 from .errors import CommandGroup
 
 #: Modules of this package that are helpers, not command groups.
-_NOT_COMMANDS = {"common", "errors", "model_options"}
+_NOT_COMMANDS = {"common", "errors", "model_options", "protect_options", "protect_report"}
 
 
 @click.group(cls=CommandGroup, context_settings={"help_option_names": ["-h", "--help"]})

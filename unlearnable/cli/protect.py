@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 import threading
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,37 +12,21 @@ import click
 
 from ..errors import EXIT_FAILURES, EXIT_INTERRUPTED, UsageError
 from ..protect.cuda_method import STRENGTHS
-from ..protect.methods import DEFAULT_METHOD, METHODS, Method
+from ..protect.methods import DEFAULT_METHOD, METHODS
 from ..protect.uc_config import DEFAULT_CLUSTERS, DEFAULT_SURROGATE
-from .common import (
-    err_console,
-    load_key,
-    out_console,
-    print_json,
-    progress_bars,
-    summary_table,
-    warn,
+from .common import err_console, load_key, progress_bars, warn
+from .protect_options import (
+    InputPath,
+    _add_method_options,
+    _engine,
+    _methods_help,
+    default_output_folder,
+    method_config_from_options,
 )
+from .protect_report import report_protect_run, surrogate_warnings
 
 DEFAULT_MAX_PIXELS = 100_000_000
 """= :data:`unlearnable.io.images.DEFAULT_MAX_PIXELS` (not imported: that loads Pillow)."""
-
-
-class InputPath(click.Path):
-    """An existing local path, or a URL (``s3://...``: shards and Parquet files, read through
-    fsspec) kept as text."""
-
-    def __init__(self) -> None:
-        super().__init__(exists=True, path_type=Path)
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, str) and "://" in value:
-            return value
-        return super().convert(value, param, ctx)
-
-
-def _methods_help() -> str:
-    return " ".join(f"{name}: {METHODS.get(name).summary}." for name in METHODS.names())
 
 
 @click.command()
@@ -383,25 +366,6 @@ def protect(
         raise click.exceptions.Exit(EXIT_FAILURES)
 
 
-def _engine(engine: str, address: str | None, workers: int | None):
-    """The executor of ``--engine`` (None: the local process pool)."""
-    if engine == "local":
-        if address is not None:
-            raise UsageError("--ray-address needs --engine ray")
-        return None
-    from ..engines.ray_engine import RayExecutor
-
-    return RayExecutor(address=address, workers=workers)
-
-
-def default_output_folder(input_dir: Path) -> Path:
-    """``INPUT-protected`` beside INPUT (also for ``.``, ``./`` and ``..``)."""
-    resolved = input_dir.resolve()
-    if resolved.parent == resolved:
-        raise UsageError(f"cannot put an output folder beside {resolved}; give -o OUTPUT")
-    return resolved.parent / f"{resolved.name}-protected"
-
-
 @contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
     """SIGTERM stops the run as Ctrl-C does (workers stopped, journal kept, exit 130)."""
@@ -417,198 +381,6 @@ def sigterm_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def method_config_from_options(entry: Method, values: dict[str, object]):
-    """The method config from the command's options (the entry's ``from_options``); a
-    ``ValueError`` from a config's validation becomes a usage error."""
-    try:
-        return entry.config_from_options(values)
-    except UsageError:
-        raise
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-
-
-def _add_method_options(command: click.Command) -> None:
-    """Add the command-line options that registered methods bring (:class:`MethodOption`)."""
-    taken = {param.name for param in command.params}
-    for name in METHODS.names():
-        for option in METHODS.get(name).cli_options:
-            if option.name in taken:
-                continue
-            taken.add(option.name)
-            command.params.append(
-                click.Option(
-                    [option.flag],
-                    option.name,
-                    type=option.type,
-                    default=None,
-                    help=f"{name}: {option.help}" if option.help else None,
-                    metavar=option.metavar,
-                )
-            )
-
-
-@contextmanager
-def surrogate_warnings():
-    """Show a random-surrogate warning as one readable line (other warnings pass through)."""
-    from ..protect.surrogate import WeakSurrogateWarning
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", WeakSurrogateWarning)
-        try:
-            yield
-        finally:
-            for item in caught:
-                if issubclass(item.category, WeakSurrogateWarning):
-                    warn(str(item.message))
-                else:
-                    warnings.showwarning(item.message, item.category, item.filename, item.lineno)
-
-
-def report_protect_run(run_result, quiet: bool, as_json: bool) -> None:
-    from rich.markup import escape
-
-    from ..io.manifest import display_name
-    from ..protect.expectations import expect_for_run
-
-    summary = run_result.manifest.summary
-    expectation = expect_for_run(run_result.manifest.method, run_result.succeeded)
-    budget = run_result.manifest.parameters.get("output", {}).get("max_visual_cost")
-    if summary.get("over_budget"):
-        warn(
-            f"{summary['over_budget']} files are over the visual-cost budget {budget} even at "
-            "the weakest setting; they were written at it and are flagged over_budget in the "
-            "manifest"
-        )
-    clustering = run_result.manifest.extra.get("clustering")
-    if run_result.lossy_output:
-        warn(
-            "some outputs were written in a lossy format (JPEG/WebP); "
-            "re-encoding weakens the protection. Use --format png to keep it intact."
-        )
-    if as_json:
-        print_json(
-            {
-                "output": str(run_result.output_dir),
-                "manifest": str(run_result.manifest_path),
-                "key_fingerprint": run_result.manifest.key_fingerprint,
-                "method": run_result.manifest.method,
-                **({"clustering": clustering} if clustering else {}),
-                **summary,
-                "expectation": expectation.to_json() if expectation else None,
-                "failures": [
-                    {"path": display_name(r.path), "error": r.error} for r in run_result.failed
-                ],
-            }
-        )
-        return
-    for record in run_result.failed:
-        err_console.print(
-            f"[red]failed:[/] {escape(display_name(record.path))}: {escape(record.error or '')}",
-            highlight=False,
-        )
-    skipped = run_result.skipped
-    if skipped:
-        reasons: dict[str, int] = {}
-        for record in skipped:
-            kind = (record.reason or "skipped").split(";")[0].split(" (")[0]
-            reasons[kind] = reasons.get(kind, 0) + 1
-        detail = ", ".join(f"{count} {kind}" for kind, count in sorted(reasons.items()))
-        err_console.print(
-            f"[yellow]skipped:[/] {len(skipped)} files ({escape(detail)}); listed in the manifest",
-            highlight=False,
-        )
-    if clustering and clustering.get("uc"):
-        err_console.print(
-            f"[yellow]warning:[/] {clustering['state_file']} in the output folder holds the "
-            "perturbations, which would let anyone remove them: keep it (it makes --resume "
-            "fast) but do not publish it with the images",
-            highlight=False,
-        )
-    if quiet:
-        return
-    rate = summary.get("images_per_second")
-    rows = [
-        ("files", str(summary["files"])),
-        (
-            "protected",
-            f"{summary['ok']}"
-            + (f" ({summary['resumed']} from an earlier run)" if summary["resumed"] else ""),
-        ),
-        ("failed", str(summary["failed"])),
-        ("skipped", str(summary.get("skipped", 0))),
-        (
-            "mean PSNR",
-            f"{summary['mean_psnr']:.2f} dB" if summary["mean_psnr"] is not None else "-",
-        ),
-        ("mean SSIM", f"{summary['mean_ssim']:.4f}" if summary["mean_ssim"] is not None else "-"),
-        ("visual cost", _visual_cost_text(summary, budget)),
-        ("time", f"{summary['seconds']:.1f} s" + (f" ({rate:.1f} images/s)" if rate else "")),
-        ("key", run_result.manifest.key_fingerprint),
-        ("output", str(run_result.output_dir)),
-    ]
-    if clustering:
-        rows[-2:-2] = clustering_rows(run_result.manifest.method, clustering)
-    out_console.print(summary_table("unlearnable protect", rows))
-    if expectation is not None:
-        out_console.print(expectation.line(), highlight=False, soft_wrap=True)
-
-
-def _visual_cost_text(summary: dict, budget: float | None) -> str:
-    """``mean 0.012, max 0.031 (budget 0.05: 2 weakened, 1 over)`` for the summary table."""
-    if summary.get("mean_visual_cost") is None:
-        return "-"
-    text = f"mean {summary['mean_visual_cost']:.3f}, max {summary['max_visual_cost']:.3f}"
-    if budget is not None:
-        text += (
-            f" (budget {budget:g}: {summary.get('weakened', 0)} weakened, "
-            f"{summary.get('over_budget', 0)} over)"
-        )
-    return text
-
-
-def clustering_rows(method: str, clustering: dict) -> list[tuple[str, str]]:
-    """Summary rows for a run that used surrogate clusters (UC or cluster-CUDA)."""
-    rate = clustering.get("feature_images_per_second")
-    features = (
-        "from the cache"
-        if clustering.get("features_from_cache")
-        else f"{clustering.get('feature_seconds', 0):.1f} s"
-        + (f" ({rate:.1f} images/s)" if rate else "")
-    )
-    rows = [
-        ("method", "Unlearnable Clusters" if method == "uc" else "CUDA on clusters"),
-        ("surrogate", f"{clustering['surrogate']} ({clustering.get('surrogate_name', '')})"),
-        (
-            "clusters",
-            f"{clustering['k']} (sizes {', '.join(map(str, clustering['cluster_sizes']))})",
-        ),
-        ("features", features),
-    ]
-    uc = clustering.get("uc")
-    if uc:
-        rows.append(
-            (
-                "perturbations",
-                f"eps {uc['eps_255']:g}/255, {uc['config']['steps']} steps, "
-                + (
-                    "from the cache"
-                    if clustering.get("state_from_cache")
-                    else f"{uc['optimise_seconds']:.1f} s"
-                ),
-            )
-        )
-    rows.append(
-        (
-            "do not publish",
-            f"{clustering['state_file']} and {clustering['feature_cache']} (run caches"
-            + (": they hold the perturbations" if uc else "")
-            + "); share only the images",
-        )
-    )
-    return rows
 
 
 _add_method_options(protect)
