@@ -37,7 +37,9 @@ class PhotoAuditPlan:
         from ..protect.photo import PhotoParams, PhotoProtector
 
         params = PhotoParams(**{**self.params, "plaid_cycles": tuple(self.params["plaid_cycles"])})
-        protectors = [PhotoProtector(key, list(self.classes), self.strength, params) for key in keys]
+        protectors = [
+            PhotoProtector(key, list(self.classes), self.strength, params) for key in keys
+        ]
 
         def mark(images: Tensor) -> Tensor:
             b, c, h, w = images.shape
@@ -54,8 +56,13 @@ class PhotoAuditPlan:
                     labels = torch.full((b,), label, dtype=torch.int64)
                     marked = protector.apply(work, labels, plan)
                     if scale > 1.0:
-                        marked = F.interpolate(marked, size=(h, w), mode="bilinear",
-                                               align_corners=False, antialias=True)
+                        marked = F.interpolate(
+                            marked,
+                            size=(h, w),
+                            mode="bilinear",
+                            align_corners=False,
+                            antialias=True,
+                        )
                     out.append(marked.clamp(0.0, 1.0).mul(255.0).round().div(255.0))
             return torch.stack(out)
 

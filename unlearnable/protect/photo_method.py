@@ -48,7 +48,9 @@ class PhotoConfig:
         if self.reference < 8:
             raise UsageError(f"reference must be >= 8 px, got {self.reference}")
         if str(self.labels) == CLUSTER_LABELS:
-            raise UsageError("--method photo needs labels; for label-agnostic CUDA use --method cluster-cuda")
+            raise UsageError(
+                "--method photo needs labels; for label-agnostic CUDA use --method cluster-cuda"
+            )
 
 
 def photo_from_options(values: Mapping[str, Any]) -> PhotoConfig | ClusterCudaConfig:
