@@ -18,7 +18,10 @@ nothing keeps running and no worker prints a traceback. A worker killed mid-item
 temporary file (see :func:`unlearnable.io.atomic.remove_stale_temporaries`), never a partial
 output. A Ctrl-C (or a SIGTERM turned into one) while the pool starts its workers is held until
 the pool is complete and then raised (see :func:`_interrupts_held`), so it is never lost and
-never leaves a worker the pool does not know about.
+never leaves a worker the pool does not know about. The workers are born with SIGINT and SIGTERM
+blocked and take them up only in their initializer, so no worker dies while the pool is still
+adding workers (on Python 3.11 the pool's manager thread then fails with "dictionary changed size
+during iteration" and prints a traceback).
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ from typing import Any, Protocol, TypeVar
 C = TypeVar("C")
 T = TypeVar("T")
 R = TypeVar("R")
+
+# Blocked while the pool starts workers, in this thread and (inherited) in the workers.
+_HELD_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 WORKER_DIED = "a worker process died (out of memory?); rerun with --resume and fewer --workers"
 
@@ -118,21 +124,26 @@ class ProcessExecutor:
 
 
 def stop_pool(pool: _Pool) -> None:
-    """Cancel a pool's queued items and terminate its workers now (not waiting for them)."""
+    """Cancel a pool's queued items and stop its workers now (not waiting for them).
+
+    SIGKILL, not SIGTERM: a worker still starting holds SIGTERM blocked (see
+    :func:`_interrupts_held`), and SIGTERM's default action in a worker is the same sudden exit."""
     processes = list((getattr(pool, "_processes", None) or {}).values())
     pool.shutdown(wait=False, cancel_futures=True)
     for process in processes:
         if process.is_alive():
-            process.terminate()
+            process.kill()
     for process in processes:
         process.join(timeout=5)
 
 
 @contextmanager
 def _interrupts_held() -> Iterator[None]:
-    """Start worker processes in this block: they start with SIGINT blocked (inherited through
-    fork and exec), so a Ctrl-C before :func:`_init_worker` ignores it is no traceback in a
-    worker, while this process loses no Ctrl-C or SIGTERM.
+    """Start worker processes in this block: they start with SIGINT and SIGTERM blocked
+    (inherited through fork and exec), so a Ctrl-C before :func:`_init_worker` ignores it is no
+    traceback in a worker, a SIGTERM to the process group kills no worker while the pool is
+    still adding workers (it waits in the worker until its initializer), and this process loses
+    no Ctrl-C or SIGTERM.
 
     The signal mask is per thread: SIGINT is blocked in this thread only, so the kernel may
     deliver a Ctrl-C to another thread (torch's, a progress bar's). Its disposition therefore
@@ -153,12 +164,12 @@ def _interrupts_held() -> Iterator[None]:
                 previous[signum] = signal.signal(signum, note)
     blocking = hasattr(signal, "pthread_sigmask")
     if blocking:
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_SIGNALS)
     try:
         yield
     finally:
         if blocking:
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a pending SIGINT arrives: noted
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # pending signals arrive: noted
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         for signum in dict.fromkeys(noted):
@@ -179,7 +190,8 @@ def _init_worker(function: Callable[[Any, Any], Any], context: Any) -> None:
     global _WORKER
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process handles Ctrl-C
     if hasattr(signal, "pthread_sigmask"):  # blocked since the start (_interrupts_held)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # ignored from now on
+        # SIGINT is ignored from now on; a SIGTERM that came meanwhile stops the worker now.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD_SIGNALS)
     import torch
 
     torch.set_num_threads(1)
