@@ -157,10 +157,14 @@ class RunCache:
         return None if value is None else (value[0], value[1])
 
     def put(self, key: str, value: tuple[float, float]) -> None:
+        """Store a run, merged into the file as it is now: another run of this benchmark (one
+        per CPU lane) may have added entries since this one read it."""
         self.store[key] = list(value)
         if self.enabled:
+            if RUN_CACHE.exists():
+                self.store = {**json.loads(RUN_CACHE.read_text()), **self.store}
             RUN_CACHE.parent.mkdir(parents=True, exist_ok=True)
-            tmp = RUN_CACHE.with_suffix(".tmp")
+            tmp = RUN_CACHE.with_suffix(f".{os.getpid()}.tmp")
             tmp.write_text(json.dumps(self.store, indent=1, sort_keys=True))
             tmp.replace(RUN_CACHE)
 
