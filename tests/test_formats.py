@@ -397,7 +397,7 @@ def test_cli_shards_and_usage_errors(tmp_path, runner):
             "random",
         ],
     )
-    assert result.exit_code == 2 and "not supported yet" in result.output
+    assert result.exit_code == 2 and "cannot make 10 clusters from 8 images" in result.output
     assert "Traceback" not in result.output
 
 

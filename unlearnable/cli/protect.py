@@ -17,6 +17,7 @@ from ..protect.uc_config import DEFAULT_CLUSTERS, DEFAULT_SURROGATE
 from .common import err_console, load_key, progress_bars, warn
 from .protect_options import (
     InputPath,
+    OutputPath,
     _add_method_options,
     _engine,
     _methods_help,
@@ -35,8 +36,9 @@ DEFAULT_MAX_PIXELS = 100_000_000
     "-o",
     "--output",
     "output_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Output folder (default: INPUT-protected beside INPUT). Must not be inside INPUT.",
+    type=OutputPath(),
+    help="Output folder (default: INPUT-protected beside INPUT). Must not be inside INPUT. "
+    "For shards and Parquet files also a URL (s3://bucket/out/), written through fsspec.",
 )
 @click.option(
     "--key",
@@ -220,7 +222,7 @@ DEFAULT_MAX_PIXELS = 100_000_000
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 def protect(
     input_dir: Path | str,
-    output_dir: Path | None,
+    output_dir: Path | str | None,
     key_path: Path,
     method: str,
     labels: str,
@@ -268,6 +270,7 @@ def protect(
     Datasets: INPUT may also be WebDataset .tar shards or .parquet files (a folder of them,
     or one file); they come out under the same names, other members and columns unchanged:
       unlearnable protect ./shards --key secret.bin --engine ray
+      unlearnable protect s3://bucket/shards -o s3://bucket/out --key secret.bin
     """
     from ..io.formats import FormatOptions
     from ..protect import OutputOptions, RunOptions

@@ -24,6 +24,19 @@ class InputPath(click.Path):
         return super().convert(value, param, ctx)
 
 
+class OutputPath(click.Path):
+    """A local folder, or a URL (``s3://...``: shards and Parquet files, written through fsspec)
+    kept as text."""
+
+    def __init__(self) -> None:
+        super().__init__(file_okay=False, path_type=Path)
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and "://" in value:
+            return value
+        return super().convert(value, param, ctx)
+
+
 def _methods_help() -> str:
     return " ".join(f"{name}: {METHODS.get(name).summary}." for name in METHODS.names())
 

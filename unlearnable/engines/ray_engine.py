@@ -16,10 +16,11 @@ function is the same; only where it runs changes:
 
 With no ``address`` a local Ray instance is started (``num_cpus=workers``); ``address="auto"``
 or ``ray://HOST:10001`` joins a cluster. The workers must be able to import ``unlearnable``
-(install it on every node) and to reach the input and output paths (a shared file system).
+(install it on every node) and to reach the input and output paths (a shared file system, or
+URLs such as ``s3://...`` for shards and Parquet files, read and written through fsspec).
 
-Unlearnable Clusters at scale (:func:`extract_features`): :data:`FEATURE_ACTORS` actors each
-load the surrogate once and embed blocks of files; k-means then runs on the gathered features
+Unlearnable Clusters at scale (:meth:`RayExecutor.extract_features`): actors each load the
+surrogate once and embed blocks of files or of shard / Parquet records; k-means then runs on the gathered features
 (:func:`unlearnable.protect.clusters.cluster_features`, ``MiniBatchKMeans`` above 20,000
 images), the perturbations are optimised once, and the protection is applied by the executor's
 tasks.

@@ -6,12 +6,21 @@ in :class:`~unlearnable.io.formats.FormatOptions`): a folder of images goes to
 runner (:func:`unlearnable.io.formats.run.run_records`), container by container, with the same
 methods, manifest, resume and engines (``RunOptions.executor``: the local process pool or
 :class:`~unlearnable.engines.ray_engine.RayExecutor`).
+
+Methods that cluster with a surrogate (``uc``, ``cluster-cuda``) read the records through a
+:class:`~unlearnable.io.formats.source.RecordSource`: the surrogate's features are computed
+over every record (on Ray actors with the Ray engine, one surrogate per actor), k-means runs on
+the gathered features, and the records are then protected container by container as for the
+other methods. Records in the same order as a folder's files (sorted manifest paths against
+sorted relative paths) get the same clusters and the same protected pixels.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -38,47 +47,52 @@ def protect_dataset(
 ) -> ProtectRun:
     """Protect ``input_path`` (a folder of images, a folder of ``.tar`` shards or ``.parquet``
     files, or one such file; shards and Parquet files may be a URL read through fsspec, such as
-    ``s3://bucket/shards/``) into ``output_dir`` (a local or shared-file-system folder).
+    ``s3://bucket/shards/``) into ``output_dir`` (a folder; for shards and Parquet files also a
+    URL written through fsspec, which then holds the journal and the manifest: see
+    :mod:`unlearnable.io.formats.url_output`).
 
     ``method`` and ``run`` as for :func:`~unlearnable.protect.api.protect_directory`;
     ``formats`` says how records are found (format, Parquet columns, WebDataset label source).
     Shards and Parquet files come out under the same relative names with every other member or
     column unchanged; the manifest has one record per image (``SHARD.tar#MEMBER``,
-    ``FILE.parquet#ROW``). Methods that cluster with a surrogate (``uc``, ``cluster-cuda``) take
-    folders only for now (``UsageError`` otherwise).
+    ``FILE.parquet#ROW``). Methods that cluster with a surrogate (``uc``, ``cluster-cuda``)
+    work on records too (see the module docstring); with a URL output their feature cache and
+    cluster state are kept in a temporary local folder, so a resume computes the clusters again
+    (the same ones: same key, surrogate and records).
     """
     source: Path | str = input_path if is_url(input_path) else Path(input_path)
-    target = Path(output_dir)
+    target: Path | str = str(output_dir) if is_url(output_dir) else Path(output_dir)
     kind = detect_format(source, formats)
     if kind == "folder":
+        if isinstance(target, str):
+            raise ProtectUsageError(
+                f"output {target} is a URL: a folder of images is written to a local folder; "
+                "URL outputs take WebDataset shards and Parquet files"
+            )
         assert isinstance(source, Path)  # a URL is never a folder of images
         return protect_directory(
             source, target, key, method, run, progress=progress, stage_progress=stage_progress
         )
     entry, config = resolve_method(method)
-    if entry.uses_surrogate:
-        raise ProtectUsageError(
-            f"--method {entry.name} on {kind} input is not supported yet: the surrogate's "
-            "clustering reads folders; unpack the records into a folder first"
-        )
-    if isinstance(source, str):
-        pass  # a URL: the output folder is local, so it cannot overwrite the input
-    elif source.is_file():
-        if target.resolve() == source.parent.resolve():
-            raise ProtectUsageError(
-                f"output folder {target} holds the input {source.name}; choose a separate folder"
-            )
-    else:
-        check_folders(source, target)
-    root, containers = list_containers(source, kind, exclude=target)
+    exclude = _check_output(source, target, run.resume)
+    root, containers = list_containers(source, kind, exclude=exclude)
     reader = _reader(root, containers, kind, formats)
     scanned, failed = _scan(root, containers, reader, stage_progress)
     files = sorted(p for p, r in scanned.items() if r.image is not None)
     skipped = {p: NO_IMAGE_REASON for p, r in scanned.items() if r.image is None}
-    context = MethodContext(
-        root, target, files, key, run, stage_progress, labeller=_labeller(scanned, files, reader)
-    )
-    job = entry.prepare(config, context)
+    from ..io.formats.source import RecordSource
+
+    with _method_folder(target) as method_folder:
+        context = MethodContext(
+            RecordSource(root, reader),  # type: ignore[arg-type]
+            method_folder,
+            files,
+            key,
+            run,
+            stage_progress,
+            labeller=_labeller(scanned, files, reader),
+        )
+        job = entry.prepare(config, context)
     job = dataclasses.replace(job, problems={**failed, **job.problems}, skipped=skipped)
     from ..io.formats.run import run_records
 
@@ -94,6 +108,38 @@ def protect_dataset(
         executor=run.executor or default_executor(run.workers),
         progress=progress,
     )
+
+
+def _check_output(source: Path | str, target: Path | str, resume: bool) -> Path | None:
+    """Refuse an output that is the input or inside it (or, for a URL, whose protocol cannot
+    be used, or that holds files without ``resume``); returns the local output folder to
+    leave out when listing the input."""
+    if isinstance(target, str):
+        from ..io.formats.url_output import check_url_folder, check_url_output
+
+        check_url_folder(check_url_output(target, source), resume)  # before any long work
+        return None
+    if isinstance(source, str):
+        return target  # a URL input: a local output cannot overwrite it
+    if source.is_file():
+        if target.resolve() == source.parent.resolve():
+            raise ProtectUsageError(
+                f"output folder {target} holds the input {source.name}; choose a separate folder"
+            )
+    else:
+        check_folders(source, target)
+    return target
+
+
+@contextmanager
+def _method_folder(target: Path | str) -> Iterator[Path]:
+    """The folder a method's ``prepare`` may write its caches to: the output folder, or for a
+    URL output a temporary local folder (removed afterwards)."""
+    if isinstance(target, Path):
+        yield target
+        return
+    with tempfile.TemporaryDirectory(prefix="unlearnable-clusters-") as folder:
+        yield Path(folder)
 
 
 def _reader(root: Path | str, containers: list[str], kind: str, formats: FormatOptions):

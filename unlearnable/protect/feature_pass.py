@@ -6,21 +6,27 @@ resized (:func:`unlearnable.imageops.square_rgb`) to the surrogate's input size 
 and to the perturbation resolution for the UC optimisation (kept as uint8, so a run that reads
 the images again prepares exactly the same pixels). Decoding runs in :data:`DECODE_THREADS`
 threads; the surrogate sees batches of ``batch_size`` images.
+
+The images come from a folder (``source`` a :class:`~pathlib.Path`, ``files`` relative paths)
+or from any :class:`ImageSource` (e.g. the records of WebDataset shards or Parquet files,
+:class:`unlearnable.io.formats.source.RecordSource`, ``files`` their manifest paths).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from ..imageops import square_rgb, to_uint8
-from ..io.hashing import sha256_file
+from ..io.hashing import sha256_bytes, sha256_file
 from ..io.images import ImageDecodeError, decode_image
 from ..io.runner import ProtectUsageError
 from .surrogate import Surrogate
@@ -34,14 +40,39 @@ above it, the images the optimisation needs are decoded again."""
 DECODE_THREADS = 4
 
 
+@runtime_checkable
+class ImageSource(Protocol):
+    """Where images come from when not from a folder: ``read(path) -> bytes`` (``OSError``
+    when unreadable); thread-safe and picklable (Ray actors get a copy)."""
+
+    def read(self, path: str) -> bytes: ...
+
+
+Source = Path | ImageSource
+
+
+def as_source(source: str | os.PathLike[str] | ImageSource) -> Source:
+    """A folder as a :class:`~pathlib.Path`; an :class:`ImageSource` as it is."""
+    return source if isinstance(source, ImageSource) else Path(source)
+
+
+def read_image_bytes(source: Source, path: str) -> bytes:
+    """The bytes of image ``path`` of ``source`` (``OSError`` when unreadable)."""
+    if isinstance(source, Path):
+        return (source / path).read_bytes()
+    return source.read(path)
+
+
 def hash_files(
-    source: Path, files: list[str], report: StageProgress
+    source: Source, files: list[str], report: StageProgress
 ) -> tuple[list[str], list[str], dict[str, str]]:
     """SHA-256 of every readable file: (readable paths, digests, problems of the others)."""
 
     def digest(path: str) -> str | OSError:
         try:
-            return sha256_file(source / path)
+            if isinstance(source, Path):
+                return sha256_file(source / path)
+            return sha256_bytes(source.read(path))
         except OSError as exc:
             return exc
 
@@ -71,10 +102,10 @@ class _Prepared:
 
 
 def _prepare_file(
-    source: Path, path: str, input_size: int, resolution: int | None, max_pixels: int
+    source: Source, path: str, input_size: int, resolution: int | None, max_pixels: int
 ) -> _Prepared:
     try:
-        decoded = decode_image((source / path).read_bytes(), max_pixels)
+        decoded = decode_image(read_image_bytes(source, path), max_pixels)
     except OSError as exc:
         return _Prepared(path, error=f"cannot read file: {exc.strerror or exc}")
     except ImageDecodeError as exc:
@@ -91,7 +122,7 @@ def _prepare_file(
 
 
 def extract_folder_features(
-    source: Path,
+    source: Source,
     files: list[str],
     model: Surrogate,
     resolution: int,
@@ -137,7 +168,7 @@ def extract_folder_features(
     return features, kept, problems
 
 
-def decode_errors(source: Path, files: list[str], max_pixels: int) -> dict[str, str]:
+def decode_errors(source: Source, files: list[str], max_pixels: int) -> dict[str, str]:
     """The decode error of each file (files the feature cache marks as undecodable)."""
     problems: dict[str, str] = {}
     for path in files:
@@ -146,7 +177,7 @@ def decode_errors(source: Path, files: list[str], max_pixels: int) -> dict[str, 
     return problems
 
 
-def load_prepared(source: Path, files: list[str], resolution: int, max_pixels: int) -> Tensor:
+def load_prepared(source: Source, files: list[str], resolution: int, max_pixels: int) -> Tensor:
     """uint8 ``(M, 3, R, R)``: the images again, prepared exactly as in the feature pass."""
     out = torch.zeros(len(files), 3, resolution, resolution, dtype=torch.uint8)
     with ThreadPoolExecutor(DECODE_THREADS) as pool:

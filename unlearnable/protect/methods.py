@@ -147,7 +147,12 @@ class RunOptions:
 @dataclass(frozen=True)
 class MethodContext:
     """What a method's ``prepare`` gets: the folders, the discovered image files (relative POSIX
-    paths, sorted), the key, the run options and the stage-progress callback."""
+    paths, sorted), the key, the run options and the stage-progress callback. For WebDataset
+    shards and Parquet files, ``input_dir`` is a
+    :class:`~unlearnable.io.formats.source.RecordSource` (an
+    :class:`~unlearnable.protect.feature_pass.ImageSource` whose ``read(path)`` gives a
+    record's image), ``files`` the records' manifest paths, and ``output_dir`` a local folder
+    for the method's caches."""
 
     input_dir: Path
     output_dir: Path

@@ -63,7 +63,9 @@ from .cluster_state import (
 from .clusters import ClusterProtector, ClusterResult, cluster_features
 from .feature_cache import load_feature_cache, save_feature_cache
 from .feature_pass import (
+    ImageSource,
     StageProgress,
+    as_source,
     decode_errors,
     extract_folder_features,
     hash_files,
@@ -234,7 +236,7 @@ class FolderClusters:
 
 
 def cluster_folder(
-    input_dir: str | Path,
+    input_dir: str | Path | ImageSource,
     output_dir: str | Path,
     files: Sequence[str],
     key: SecretKey,
@@ -251,7 +253,9 @@ def cluster_folder(
     progress: StageProgress | None = None,
     extract: FeatureExtractor | None = None,
 ) -> FolderClusters:
-    """Cluster the images ``files`` (relative paths below ``input_dir``) with ``surrogate``.
+    """Cluster the images ``files`` (relative paths below ``input_dir``, or the paths an
+    :class:`~unlearnable.protect.feature_pass.ImageSource` reads, such as shard records) with
+    ``surrogate``.
 
     ``surrogate`` is a spec for :func:`~unlearnable.protect.surrogate.load_surrogate` (loaded on
     ``device``, default CPU) or a :class:`Surrogate` (used where it is). With ``uc_config``, also
@@ -264,7 +268,7 @@ def cluster_folder(
     :func:`~unlearnable.protect.feature_pass.extract_folder_features` (same arguments and
     result), e.g. on Ray actors (:meth:`unlearnable.engines.ray_engine.RayExecutor.extract_features`).
     """
-    source, target = Path(input_dir), Path(output_dir)
+    source, target = as_source(input_dir), Path(output_dir)
     files = sorted(files)
     if k < 2:
         raise ProtectUsageError(f"need at least 2 clusters, got {k}")

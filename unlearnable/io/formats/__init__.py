@@ -17,10 +17,11 @@ Formats (:class:`FormatOptions`): ``auto`` detects the input (a ``.tar`` / ``.pa
 folder holding such files and no images); ``folder``, ``webdataset`` or ``parquet`` force one.
 Parquet needs ``pyarrow`` (``pip install "unlearnable[parquet]"``), imported only when used.
 
-Shard and Parquet inputs may also be URLs (``s3://bucket/shards/``, ``gs://...``,
-``file:///...``), read through ``fsspec`` (the matching package, e.g. ``s3fs``, must be
-installed, with credentials as that package finds them); the output folder is local (or a
-shared file system), where writes are atomic and the journal lives.
+Shard and Parquet inputs and outputs may also be URLs (``s3://bucket/shards/``, ``gs://...``,
+``file:///...``), read and written through ``fsspec`` (the matching package, e.g. ``s3fs``, must
+be installed, with credentials as that package finds them); an output URL holds the journal and
+the manifest too (:mod:`.url_output` says what "atomic" means on an object store). A folder of
+images is read from and written to local folders only.
 """
 
 from __future__ import annotations
@@ -113,6 +114,20 @@ def read_container(root: str | Path, name: str) -> bytes:
     """The bytes of container ``name`` below ``root`` (``OSError`` when unreadable)."""
     with open_container(root, name) as handle:
         return handle.read()
+
+
+def write_container(root: str | Path, name: str, data: bytes) -> None:
+    """Write container ``name`` below ``root`` (a folder or a URL) so that it appears complete or
+    not at all (:func:`unlearnable.io.atomic.atomic_write_bytes`, or
+    :meth:`.url_output.UrlFolder.write`); ``OSError`` when it cannot be written."""
+    if is_url(root):
+        from .url_output import UrlFolder
+
+        UrlFolder(str(root)).write(name, data)
+        return
+    from ..atomic import atomic_write_bytes
+
+    atomic_write_bytes(Path(root) / name, data)
 
 
 def detect_format(path: Path | str, options: FormatOptions = DEFAULT_FORMATS) -> str:
@@ -253,4 +268,5 @@ __all__ = [
     "list_containers",
     "open_container",
     "read_container",
+    "write_container",
 ]

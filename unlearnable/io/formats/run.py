@@ -14,6 +14,10 @@ to the run's journal only after that, so:
 * a worker that Ray retries writes the same container again (atomically, the same bytes of
   images) and the driver receives one result per container: no record is lost or duplicated.
 
+The output folder may also be an fsspec URL (``s3://bucket/out/``): containers, journal and
+manifest are then written there (:mod:`.url_output`, which says what "atomic" means on an
+object store).
+
 Runs on any :class:`~unlearnable.io.executors.Executor`: the local process pool or the Ray
 engine (:mod:`unlearnable.engines.ray_engine`).
 """
@@ -25,7 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ...errors import UsageError
-from ..atomic import atomic_write_bytes
 from ..executors import Executor
 from ..hashing import sha256_bytes
 from ..images import EXTENSION_FOR_FORMAT, OUTPUT_FORMATS
@@ -41,7 +44,7 @@ from ..runner import (
     run_and_record,
 )
 from ..work import DEFAULT_OUTPUT, ChunkResult, OutputOptions, Task, WorkContext, process_chunk
-from . import read_container
+from . import is_url, read_container, write_container
 from .records import RECORD_SEPARATOR, ParsedContainer, Record, record_path
 
 
@@ -83,6 +86,19 @@ class ContainerTask:
     labels: dict[str, str]
     previous: dict[str, FileRecord] = field(default_factory=dict)
     clusters: dict[str, int] = field(default_factory=dict)
+    input_data: bytes | None = None
+    """The container's bytes, sent by the driver when workers cannot read the input
+    (a process-local file system such as ``memory://``); None: the worker reads it."""
+    output_data: bytes | None = None
+    """The earlier run's output container, sent likewise (resume); None: read by the worker."""
+
+
+@dataclass
+class ContainerResult(ChunkResult):
+    """A container's records; ``container`` is ``(name, bytes)`` of the protected container when
+    the driver writes it (``RecordContext.driver_writes``), else None."""
+
+    container: tuple[str, bytes] | None = None
 
 
 @dataclass
@@ -90,11 +106,12 @@ class RecordContext:
     """What every container needs; sent once to each worker."""
 
     input_root: Path | str  # a folder or a URL (read through fsspec)
-    output_dir: Path
+    output_dir: Path | str  # a folder or a URL (written through fsspec)
     reader: ContainerReader
     protector: object
     options: OutputOptions
     class_index: dict[str, int]
+    driver_writes: bool = False  # return each container to the driver instead of writing it
 
 
 def output_extension(options: OutputOptions) -> str | None:
@@ -107,7 +124,9 @@ def output_extension(options: OutputOptions) -> str | None:
 def process_container(context: RecordContext, item: ContainerTask) -> ChunkResult:
     """Protect one container (see the module docstring)."""
     try:
-        data = read_container(context.input_root, item.name)
+        data = item.input_data
+        if data is None:
+            data = read_container(context.input_root, item.name)
     except OSError as exc:
         return lost_container(item, f"cannot read {item.name}: {exc.strerror or exc}")
     try:
@@ -158,12 +177,20 @@ def process_container(context: RecordContext, item: ContainerTask) -> ChunkResul
     dropped = {r.name for p, r in by_path.items() if r.image is not None and p not in ok}
     try:
         rebuilt = parsed.rebuild(images, dropped, extensions)
-        target = context.output_dir / item.name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(target, rebuilt)
+        if context.driver_writes:
+            return ContainerResult(records, result.lossy, 0, (item.name, rebuilt))
+        write_container(context.output_dir, item.name, rebuilt)
     except OSError as exc:
-        message = f"cannot write output {item.name}: {exc.strerror or exc}"
-        records = [r if r.status != "ok" else _failed(r, message) for r in records]
+        return unwritten(
+            ChunkResult(records, result.lossy, 0),
+            f"cannot write output {item.name}: {exc.strerror or exc}",
+        )
+    return ChunkResult(records, result.lossy, 0)
+
+
+def unwritten(result: ChunkResult, message: str) -> ChunkResult:
+    """``result`` of a container that could not be written: its ``ok`` records become errors."""
+    records = [r if r.status != "ok" else _failed(r, message) for r in result.records]
     return ChunkResult(records, result.lossy, 0)
 
 
@@ -196,7 +223,10 @@ def _still_valid(
     if set(item.previous) != set(item.labels):
         return False
     try:
-        output = context.reader.parse((context.output_dir / item.name).read_bytes())
+        data = item.output_data
+        if data is None:
+            data = read_container(context.output_dir, item.name)
+        output = context.reader.parse(data)
     except (OSError, *context.reader.read_errors()):
         return False
     written = {r.name: r.image for r in output.records}
@@ -214,7 +244,7 @@ def _still_valid(
 
 def run_records(
     input_root: Path | str,
-    output_dir: Path,
+    output_dir: Path | str,
     containers: list[str],
     reader: ContainerReader,
     job: FolderJob,
@@ -226,10 +256,13 @@ def run_records(
     progress: Callable[[int, int], None] | None = None,
 ) -> ProtectRun:
     """Protect the records ``job.labels`` (manifest paths ``CONTAINER#NAME``) of ``containers``
-    (relative to ``input_root``, a folder or a URL) into ``output_dir``, as :func:`~unlearnable.io.runner.run_folder`
-    does for files: same manifest, journal, resume, errors (see the module docstring).
-    ``job.skipped`` lists records copied unchanged (no image); ``job.problems`` failed ones.
-    Every container of ``containers`` is written, even one without a record to protect."""
+    (relative to ``input_root``, a folder or a URL) into ``output_dir`` (a folder or a URL), as
+    :func:`~unlearnable.io.runner.run_folder` does for files: same manifest, journal, resume,
+    errors (see the module docstring). ``job.skipped`` lists records copied unchanged (no
+    image); ``job.problems`` failed ones. Every container of ``containers`` is written, even
+    one without a record to protect."""
+    from .url_output import UrlFolder, is_process_local, previous_url_records
+
     _check_class_names(job.classes)
     protector = job.protector
     manifest = Manifest(
@@ -240,7 +273,11 @@ def run_records(
         classes=list(job.classes),
         extra={"input_format": reader.kind, **job.manifest_extra},
     )
-    previous = _previous_records(output_dir, manifest, resume, job.run_files)
+    url = UrlFolder(str(output_dir)) if is_url(output_dir) else None
+    if url is not None:
+        previous = previous_url_records(url, manifest, resume, job.run_files)
+    else:
+        previous = _previous_records(Path(output_dir), manifest, resume, job.run_files)
     records: dict[str, FileRecord] = {}
     for path, reason in (job.skipped or {}).items():
         records[path] = FileRecord(path=path, status="skipped", reason=reason)
@@ -258,7 +295,8 @@ def run_records(
         if path in clusters:
             item.clusters[path] = clusters[path]
     work = list(items.values())  # also those without protectable records: copied as they are
-    journal = _start_journal(output_dir, manifest, previous.values())
+    driver_writes = url is not None and url.process_local
+    _send_bytes(work, input_root, output_dir, is_process_local(input_root), driver_writes)
     executor = executor or default_executor()
     context = RecordContext(
         input_root,
@@ -267,7 +305,24 @@ def run_records(
         protector,
         options,
         {name: index for index, name in enumerate(job.classes)},
+        driver_writes,
     )
+    if url is not None:
+        from .url_output import DriverWrites, run_to_url
+
+        return run_to_url(
+            url,
+            DriverWrites(executor, url, unwritten) if driver_writes else executor,
+            process_container,
+            context,
+            work,
+            lost_container,
+            (manifest, records, previous),
+            total=len(job.labels),
+            progress=progress,
+        )
+    output_dir = Path(output_dir)
+    journal = _start_journal(output_dir, manifest, previous.values())
     return run_and_record(
         executor,
         process_container,
@@ -278,6 +333,28 @@ def run_records(
         total=len(job.labels),
         progress=progress,
     )
+
+
+def _send_bytes(
+    work: list[ContainerTask],
+    input_root: Path | str,
+    output_dir: Path | str,
+    inputs: bool,
+    outputs: bool,
+) -> None:
+    """Attach the containers' bytes to the tasks where the workers cannot read them (a
+    process-local file system): the inputs, and the earlier outputs that a resume checks."""
+    for item in work:
+        if inputs:
+            try:
+                item.input_data = read_container(input_root, item.name)
+            except OSError:
+                pass  # the worker reports it
+        if outputs and item.previous:
+            try:
+                item.output_data = read_container(output_dir, item.name)
+            except OSError:
+                pass  # no earlier output: the container is done again
 
 
 def refuse_folder_labels(source: str) -> None:
