@@ -15,7 +15,14 @@ hashes in the manifests, across engines and packings);
 then a two-node run on this machine (``ray.cluster_utils.Cluster``: a head and one worker node,
 ``--workers`` CPUs in all), counting the containers each node protected.
 
+With ``--uc K``, also Unlearnable Clusters (K clusters, ``--uc-surrogate``, default the offline
+``random`` one, ``--uc-steps``) on the shards and the Parquet files: the local engine (features
+on the driver) against the Ray engine (features on actors that hold the surrogate once), total
+images/s, the feature pass's images/s, and whether both give the same clusters and images.
+
     OMP_NUM_THREADS=1 python benchmarks/scale_out.py --limit 4000 --workers 2 --threads 1
+    OMP_NUM_THREADS=1 python benchmarks/scale_out.py --limit 2000 --workers 2 --threads 1 \
+        --uc 10 --skip-engines --skip-two-nodes
 
 Numbers on a shared 2-core machine are indicative only; run on a quiet machine for claims.
 """
@@ -76,9 +83,11 @@ def pack(train: Path, limit: int | None, shard_size: int, scratch: Path) -> dict
     return packed
 
 
-def timed(source: Path, target: Path, run: ul.RunOptions) -> tuple[float, ul.ProtectRun]:
+def timed(
+    source: Path, target: Path, run: ul.RunOptions, method: object = "cuda"
+) -> tuple[float, ul.ProtectRun]:
     start = time.perf_counter()
-    result = ul.protect_dataset(source, target, KEY, "cuda", run)
+    result = ul.protect_dataset(source, target, KEY, method, run)
     seconds = time.perf_counter() - start
     assert not result.failed, result.failed[:3]
     return seconds, result
@@ -131,6 +140,59 @@ def compare_engines(
     return rows
 
 
+def compare_uc(packed: dict[str, Path], workers: int, method: object, scratch: Path) -> list[dict]:
+    """UC on the shards and Parquet files: the local engine against the Ray engine (cold: with
+    ``ray.init``), one torch thread for the surrogate work on both sides."""
+    import warnings
+
+    import ray
+
+    from unlearnable.protect.surrogate import WeakSurrogateWarning
+
+    rows = []
+    for kind in ("webdataset", "parquet"):
+        if kind not in packed:
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", WeakSurrogateWarning)
+            local_s, local = timed(
+                packed[kind],
+                scratch / "uc-local",
+                ul.RunOptions(workers=workers, threads=1),
+                method,
+            )
+            start = time.perf_counter()
+            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+            engine = ul.RunOptions(executor=ul.RayExecutor(workers=workers), threads=1)
+            _, remote = timed(packed[kind], scratch / "uc-ray", engine, method)
+            ray_s = time.perf_counter() - start
+            ray.shutdown()
+        info = {
+            "local": local.manifest.extra["clustering"],
+            "ray": remote.manifest.extra["clustering"],
+        }
+        images = len(local.succeeded)
+        rows.append(
+            {
+                "input": kind,
+                "images": images,
+                "local": images / local_s,
+                "ray": images / ray_s,
+                "local_features": info["local"]["feature_images_per_second"],
+                "ray_features": info["ray"]["feature_images_per_second"],
+                "optimise_s": info["local"]["uc"]["optimise_seconds"],
+                "identical": outputs(local) == outputs(remote)
+                and info["local"]["assignments_sha256"] == info["ray"]["assignments_sha256"],
+            }
+        )
+        print(
+            f"uc {kind}: local {rows[-1]['local']:.1f} img/s, ray {rows[-1]['ray']:.1f}", flush=True
+        )
+        for name in ("uc-local", "uc-ray"):
+            shutil.rmtree(scratch / name)
+    return rows
+
+
 def _count_node(context, item):
     """The record runner's work function, also saying which Ray node ran it."""
     import ray
@@ -169,36 +231,7 @@ def two_nodes(shards: Path, workers: int, scratch: Path) -> dict:
     return {"images": len(result.succeeded), "seconds": seconds, "nodes": dict(nodes)}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--data", help="CIFAR-10 JPEG folder (train/ inside) or its .tar.gz")
-    parser.add_argument("--limit", type=int, default=None, help="only the first N training files")
-    parser.add_argument(
-        "--shard-size", type=int, default=500, help="samples per shard / Parquet file"
-    )
-    parser.add_argument("--workers", type=int, default=default_workers())
-    parser.add_argument("--threads", type=int, default=None, help="torch threads of this process")
-    parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds (median)")
-    parser.add_argument("--skip-two-nodes", action="store_true")
-    args = parser.parse_args()
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-
-    train = cifar10_root(args.data) / "train"
-    with tempfile.TemporaryDirectory(prefix="unlearnable-scale-") as tmp:
-        scratch = Path(tmp)
-        start = time.perf_counter()
-        packed = pack(train, args.limit, args.shard_size, scratch)
-        print(f"packed in {time.perf_counter() - start:.1f} s", flush=True)
-        rows = compare_engines(packed, args.workers, args.rounds, scratch)
-        cluster = (
-            None if args.skip_two_nodes else two_nodes(packed["webdataset"], args.workers, scratch)
-        )
-
+def _print_engines(rows: list[dict], args: argparse.Namespace) -> None:
     print(
         f"\nscale-out, CUDA, workers={args.workers}, cpu cores={os.cpu_count()}, "
         f"load average {os.getloadavg()[0]:.1f}, median of {args.rounds} round(s); cold: a fresh "
@@ -214,6 +247,70 @@ def main() -> None:
             f"{row['ray_warm']:>10.1f}{row['ray_cold'] / row['local']:>12.2f}"
             f"{row['ray_warm'] / row['local']:>12.2f}{'yes' if row['identical'] else 'NO':>14}"
         )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data", help="CIFAR-10 JPEG folder (train/ inside) or its .tar.gz")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N training files")
+    parser.add_argument(
+        "--shard-size", type=int, default=500, help="samples per shard / Parquet file"
+    )
+    parser.add_argument("--workers", type=int, default=default_workers())
+    parser.add_argument("--threads", type=int, default=None, help="torch threads of this process")
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds (median)")
+    parser.add_argument("--skip-two-nodes", action="store_true")
+    parser.add_argument("--skip-engines", action="store_true", help="no CUDA engine comparison")
+    parser.add_argument("--uc", type=int, default=0, metavar="K", help="also UC with K clusters")
+    parser.add_argument("--uc-surrogate", default="random")
+    parser.add_argument("--uc-steps", type=int, default=20)
+    args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+    train = cifar10_root(args.data) / "train"
+    with tempfile.TemporaryDirectory(prefix="unlearnable-scale-") as tmp:
+        scratch = Path(tmp)
+        start = time.perf_counter()
+        packed = pack(train, args.limit, args.shard_size, scratch)
+        print(f"packed in {time.perf_counter() - start:.1f} s", flush=True)
+        rows = (
+            [] if args.skip_engines else compare_engines(packed, args.workers, args.rounds, scratch)
+        )
+        uc_rows = []
+        if args.uc:
+            method = ul.UCMethodConfig(
+                surrogate=args.uc_surrogate, clusters=args.uc, uc=ul.UCConfig(steps=args.uc_steps)
+            )
+            uc_rows = compare_uc(packed, args.workers, method, scratch)
+        cluster = (
+            None if args.skip_two_nodes else two_nodes(packed["webdataset"], args.workers, scratch)
+        )
+
+    if rows:
+        _print_engines(rows, args)
+    if uc_rows:
+        print(
+            f"\nUnlearnable Clusters on records: K={args.uc}, surrogate {args.uc_surrogate}, "
+            f"{args.uc_steps} steps, workers={args.workers}, one torch thread for the surrogate; "
+            f"load average {os.getloadavg()[0]:.1f}; ray: ray.init + the run; features: the "
+            "feature pass alone (driver / actors)"
+        )
+        print(
+            f"{'input':<12}{'images':>8}{'local img/s':>13}{'ray img/s':>11}{'ray/local':>11}"
+            f"{'features local':>16}{'features ray':>14}{'optimise s':>12}{'same outputs':>14}"
+        )
+        for row in uc_rows:
+            print(
+                f"{row['input']:<12}{row['images']:>8}{row['local']:>13.1f}{row['ray']:>11.1f}"
+                f"{row['ray'] / row['local']:>11.2f}{row['local_features'] or 0:>16.1f}"
+                f"{row['ray_features'] or 0:>14.1f}{row['optimise_s']:>12.1f}"
+                f"{'yes' if row['identical'] else 'NO':>14}"
+            )
     if cluster is not None:
         spread = ", ".join(
             f"node {node[:8]}: {count}" for node, count in sorted(cluster["nodes"].items())

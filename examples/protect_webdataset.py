@@ -6,6 +6,7 @@ members of the first sample before and after::
 
     python examples/protect_webdataset.py               # local process pool
     python examples/protect_webdataset.py --engine ray  # needs pip install "unlearnable[ray]"
+    python examples/protect_webdataset.py --output s3://bucket/out/  # any fsspec URL (s3fs)
 
 The same from the command line::
 
@@ -21,6 +22,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+import fsspec
 from PIL import Image
 
 import unlearnable as ul
@@ -51,8 +53,9 @@ def make_shards(folder: Path, shards: int = 2) -> Path:
     return folder
 
 
-def members(path: Path) -> dict[str, bytes]:
-    with tarfile.open(path) as tar:
+def members(path: str) -> dict[str, bytes]:
+    """The members of the shard at ``path`` (a local path or an fsspec URL)."""
+    with fsspec.open(path, "rb") as handle, tarfile.open(fileobj=handle) as tar:
         return {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}
 
 
@@ -60,6 +63,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--engine", choices=("local", "ray"), default="local")
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument(
+        "--output", help="a folder or an fsspec URL such as s3://bucket/out/ (default: in workdir)"
+    )
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="unlearnable-wds-"))
     source = make_shards(work / "shards")
@@ -67,13 +73,14 @@ def main() -> None:
     run_options = ul.RunOptions(
         workers=1, executor=ul.RayExecutor(workers=2) if args.engine == "ray" else None
     )
-    run = ul.protect_dataset(source, work / "protected", key, "cuda", run_options)
+    output = (args.output or str(work / "protected")).rstrip("/")
+    run = ul.protect_dataset(source, output, key, "cuda", run_options)
     print(
-        f"{run.manifest.summary['ok']} images protected in "
-        f"{len(list((work / 'protected').glob('*.tar')))} shards (labels from {run.manifest.label_mode})"
+        f"{run.manifest.summary['ok']} images protected into {output} "
+        f"(labels from {run.manifest.label_mode}; manifest {run.manifest_path})"
     )
-    before = members(source / "train-0000.tar")
-    after = members(work / "protected" / "train-0000.tar")
+    before = members(str(source / "train-0000.tar"))
+    after = members(f"{output}/train-0000.tar")
     assert list(before) == list(after)
     for name in list(before)[:4]:
         state = "unchanged" if before[name] == after[name] else "protected"
