@@ -42,3 +42,16 @@ def square_rgb(pixels: np.ndarray, size: int) -> Tensor:
 def to_uint8(images: Tensor) -> Tensor:
     """Float images in [0, 1] (any shape) -> uint8 by rounding (values outside are clamped)."""
     return images.mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def to_pixels(images: Tensor, reuse: bool = False) -> np.ndarray:
+    """Float images ``(B, C, H, W)`` in [0, 1] -> uint8 ``(B, H, W, C)`` (the layout of image
+    files), exactly ``to_uint8(images).permute(0, 2, 3, 1)``. ``reuse``: ``images`` may be
+    overwritten (it is a temporary the caller owns), which saves a full-size float copy."""
+    work = images.detach().cpu()
+    work = work.mul_(255.0) if reuse and work.is_floating_point() else work.mul(255.0)
+    work.round_().clamp_(0, 255)
+    out = np.empty((work.shape[0], work.shape[2], work.shape[3], work.shape[1]), np.uint8)
+    with np.errstate(invalid="ignore"):  # NaN (never produced by a protection) becomes 0
+        np.copyto(out, work.permute(0, 2, 3, 1).numpy(), casting="unsafe")
+    return out

@@ -55,6 +55,7 @@ from .work import (
     WorkContext,
     lost_chunk,
     process_chunk,
+    use_huge_pages,
 )
 
 CHUNK_FILES = 64
@@ -242,6 +243,7 @@ def run_and_record(
     done = resumed = 0
     lossy = False
     storage_problem: OSError | None = None
+    use_huge_pages()
     runs = executor.run(function, context, items, lost)
     try:
         for result in runs:
@@ -391,6 +393,20 @@ def _previous_records(
         for record in records:
             found[record.path] = record
     return {path: r for path, r in found.items() if r.status == "ok"}
+
+
+def earlier_run(output_dir: Path) -> Manifest | None:
+    """The identity (method, parameters, ...) of the run recorded in ``output_dir``: its
+    manifest, else its journal's header; None when there is none or it cannot be read."""
+    for name in RUN_NAMES:
+        path = output_dir / name
+        if not path.exists():
+            continue
+        try:
+            return read_manifest(path) if name == MANIFEST_NAME else read_journal(path)[0]
+        except ManifestError:
+            return None
+    return None
 
 
 def _output_names(paths: list[str], requested_format: str) -> tuple[dict[str, str], dict[str, str]]:
