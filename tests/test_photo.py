@@ -23,7 +23,7 @@ def _ramp() -> torch.Tensor:
 
 
 def test_golden_output_stack_v1():
-    protector = PhotoProtector(FIXED_KEY, ["cat", "dog"], "mid", PhotoParams(reference=8))
+    protector = PhotoProtector(FIXED_KEY, ["cat", "dog"], "mid", PhotoParams(reference=8), 1)
     out = protector.apply(_ramp(), torch.tensor([1]), protector.plan(16, 16))
     assert out[0, :, 5, 7].tolist() == pytest.approx([1.0, 0.7745614051818848, 0.3853324055671692], abs=1e-5)
     assert out[0, :, 12, 2].tolist() == pytest.approx(
@@ -36,7 +36,7 @@ def test_golden_output_stack_v1():
 def test_stack_is_the_documented_composition():
     images, labels = torch.rand(4, 3, 40, 30), torch.tensor([0, 1, 1, 0])
     params = PhotoParams(reference=16, kernel_size=3, blur=0.3, colour=0.2)
-    protector = PhotoProtector(FIXED_KEY, ["a", "b"], "high", params)
+    protector = PhotoProtector(FIXED_KEY, ["a", "b"], "high", params, stack_version=1)
     plan = protector.plan(40, 30)
     assert (plan.blur, plan.colour) == (0.45, 0.3)
     expected = apply_cuda_at_scale(images, labels, cuda_filters(FIXED_KEY, ["a", "b"], 3, 0.45), 16)
@@ -106,7 +106,8 @@ def test_photo_is_a_registered_method_that_protects_a_folder(tmp_path):
     second = ul.protect_directory(source, tmp_path / "b", FIXED_KEY, PhotoConfig(), one_worker)
     assert not first.failed and len(first.succeeded) == 6 and not second.failed
     assert first.manifest.method == "photo"
-    assert first.manifest.parameters["stack_version"] == 1
+    assert first.manifest.parameters["stack_version"] == 2
+    assert first.manifest.parameters["cuda_application_version"] == 3
     digests_a, digests_b = tree_digest(tmp_path / "a"), tree_digest(tmp_path / "b")
     digests_a.pop(first.manifest_path.name), digests_b.pop(second.manifest_path.name)
     assert digests_a == digests_b and len(digests_a) == 6

@@ -29,6 +29,7 @@ class PhotoAuditPlan:
     strength: str
     params: dict[str, Any]
     method: str = "photo"
+    stack_version: int = 1
 
     def describe(self) -> dict[str, Any]:
         return {"method": self.method, "strength": self.strength, **self.params}
@@ -38,7 +39,8 @@ class PhotoAuditPlan:
 
         params = PhotoParams(**{**self.params, "plaid_cycles": tuple(self.params["plaid_cycles"])})
         protectors = [
-            PhotoProtector(key, list(self.classes), self.strength, params) for key in keys
+            PhotoProtector(key, list(self.classes), self.strength, params, self.stack_version)
+            for key in keys
         ]
 
         def mark(images: Tensor) -> Tensor:
@@ -71,14 +73,15 @@ class PhotoAuditPlan:
 
 @AUDIT_METHODS.register("photo")
 def photo_audit_plan(manifest: Manifest, probe_size: int) -> PhotoAuditPlan:
-    """The manifest's ``photo`` stack (stack version 1)."""
-    from ..protect.photo import STACK_VERSION
+    """The manifest's ``photo`` stack (stack versions 1 and 2)."""
+    from ..protect.photo import STACK_VERSIONS
 
     params = dict(manifest.parameters or {})
-    if params.get("stack_version") != STACK_VERSION:
+    version = params.get("stack_version")
+    if version not in STACK_VERSIONS:
         raise AuditMethodError(
-            f"the manifest's photo stack is version {params.get('stack_version')}; this tool "
-            f"derives version {STACK_VERSION}"
+            f"the manifest's photo stack is version {version}; this tool derives versions "
+            f"{', '.join(map(str, STACK_VERSIONS))}"
         )
     if not manifest.classes:
         raise AuditMethodError("the manifest lists no classes, so there are no marks to test")
@@ -87,4 +90,5 @@ def photo_audit_plan(manifest: Manifest, probe_size: int) -> PhotoAuditPlan:
         fields = {name: params[name] for name in names}
     except KeyError as exc:
         raise AuditMethodError(f"the manifest's photo parameters lack {exc}") from None
-    return PhotoAuditPlan(tuple(manifest.classes), str(params.get("strength") or "mid"), fields)
+    strength = str(params.get("strength") or "mid")
+    return PhotoAuditPlan(tuple(manifest.classes), strength, fields, stack_version=version)

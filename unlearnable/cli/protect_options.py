@@ -81,8 +81,7 @@ def _add_method_options(command: click.Command) -> None:
             taken.add(option.name)
             command.params.append(
                 click.Option(
-                    [option.flag],
-                    option.name,
+                    [option.flag, option.name],
                     type=option.type,
                     default=None,
                     help=f"{name}: {option.help}" if option.help else None,

@@ -32,6 +32,16 @@ Per image (``(C, H, W)`` float in [0, 1], label name ``L``, key ``K``), in this 
 
 The output is written as uint8 by rounding, like every method.
 
+Stack version 2 (the default for new runs) computes the same stack on 8-bit pixels in one
+full-resolution pass, ``M x + o + up(M c)``: about 3x faster than version 1 on a 6 MP photo
+(0.06 s instead of 0.2 s at one thread); its exact definition is in
+:mod:`unlearnable.protect.photo_pixels`. Images whose short side is at most ``reference``
+(e.g. 32 px CIFAR files) get the same computation in both versions, except that version 2
+filters a batch with one depthwise convolution (5-10x faster; float rounding may change a rare
+output value by 1). The manifest records
+``stack_version``; a resumed run keeps its version, and ``PhotoConfig(stack_version=1)``
+(``--stack-version 1``) reproduces version 1 bit for bit.
+
 Strength ladder (``--strength`` and the visual-cost budget's :meth:`PhotoProtector.weaken`):
 ``high`` scales blur, colour and plaid by 1.5, ``mid`` by 1, ``low`` by 0.5.
 
@@ -49,14 +59,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from ..imageops import to_pixels
 from ..keys import SecretKey
-from .cuda import apply_cuda_at_scale, cuda_filters
+from .cuda import apply_cuda, apply_cuda_at_scale, cuda_change_at_scale_u8, cuda_filters
+from .photo_pixels import stack_pixels
 from .shortcuts import PlaidParams, apply_additive, class_plaids, colour_transforms
 
-STACK_VERSION = 1
+STACK_VERSION = 2
+"""The stack version new runs use (see the module docstring)."""
+STACK_VERSIONS = (1, 2)
+_CUDA_APPLICATION = {1: 2, 2: 3}  # stack version -> CUDA application version
 STRENGTH_SCALES = {"high": 1.5, "mid": 1.0, "low": 0.5}
 _LADDER = ("high", "mid", "low")
 
@@ -124,8 +140,15 @@ class PhotoProtector:
         classes: Sequence[str],
         strength: str = "mid",
         params: PhotoParams = PhotoParams(),
+        stack_version: int = STACK_VERSION,
     ) -> None:
         params.scaled(strength)  # validate early
+        if stack_version not in STACK_VERSIONS:
+            raise ValueError(
+                f"stack version must be one of {', '.join(map(str, STACK_VERSIONS))}, "
+                f"got {stack_version}"
+            )
+        self.stack_version = stack_version
         self.key = key
         self.classes = list(classes)
         self.strength = strength
@@ -135,8 +158,8 @@ class PhotoProtector:
     def parameters(self) -> dict:
         p = self.params
         return {
-            "stack_version": STACK_VERSION,
-            "cuda_application_version": 2,
+            "stack_version": self.stack_version,
+            "cuda_application_version": _CUDA_APPLICATION[self.stack_version],
             "strength": self.strength,
             "reference": p.reference,
             "kernel_size": p.kernel_size,
@@ -164,14 +187,74 @@ class PhotoProtector:
 
     def apply(self, images: Tensor, label_ids: Tensor, plan: PhotoPlan) -> Tensor:
         """``images (B, C, H, W)`` float in [0, 1] (C = 1 or 3), ``label_ids (B,)`` -> protected
-        float32, same shape, in [0, 1]. The input is not modified."""
+        float32, same shape, in [0, 1]. The input is not modified. Stack version 2 works on
+        8-bit pixels: the input is rounded to uint8 first and the output is uint8 / 255."""
+        if self.stack_version == 1 or min(images.shape[-2:]) <= self.params.reference:
+            return self._apply_float(images, label_ids, plan, self.stack_version == 2)
+        pixels = torch.from_numpy(to_pixels(images))
+        protected = torch.from_numpy(np.array(self.apply_uint8(pixels, label_ids, plan)))
+        return protected.permute(0, 3, 1, 2).float().div_(255.0)
+
+    def apply_uint8(self, pixels: Tensor, label_ids: Tensor, plan: PhotoPlan) -> np.ndarray:
+        """``pixels`` uint8 ``(B, H, W, C)`` (the layout of image files) -> protected uint8
+        ``(B, H, W, C)`` (possibly read-only). Version 1 gives exactly ``to_uint8`` of
+        :meth:`apply` of ``pixels / 255``; version 2 is defined on 8-bit pixels (see
+        :mod:`unlearnable.protect.photo_pixels`). The input is not modified."""
+        if self.stack_version == 1 or min(pixels.shape[1:3]) <= self.params.reference:
+            originals = pixels.permute(0, 3, 1, 2).float().div_(255.0)
+            protected = self._apply_float(originals, label_ids, plan, self.stack_version == 2)
+            return to_pixels(protected, reuse=protected.data_ptr() != originals.data_ptr())
+        images = [self._stack_v2(pixels[i], int(label_ids[i]), plan) for i in range(len(pixels))]
+        return images[0][None] if len(images) == 1 else np.stack(images)
+
+    def _stack_v2(self, pixels: Tensor, label: int, plan: PhotoPlan) -> np.ndarray:
+        """Stack version 2 of one image: uint8 ``(H, W, C)`` -> uint8 ``(H, W, C)``."""
+        height, width, channels = pixels.shape
+        matrix, offset = torch.eye(3), torch.zeros(3)
+        if plan.colour > 0:
+            transforms = self._get(
+                ("colour", plan.colour),
+                lambda: colour_transforms(self.key, self.classes, plan.colour),
+            )
+            matrix, offset = transforms[label, :, :3], transforms[label, :, 3]
+        if channels == 1:
+            matrix, offset = matrix.sum().div(3.0).reshape(1, 1), offset.mean().reshape(1)
+        change = None
+        if plan.blur > 0:
+            bank = self._get(
+                ("cuda", plan.blur),
+                lambda: cuda_filters(self.key, self.classes, self.params.kernel_size, plan.blur),
+            )
+            chw = pixels.permute(2, 0, 1).unsqueeze(0)  # channels-last memory: torch's fast path
+            labels = torch.tensor([label])
+            change = cuda_change_at_scale_u8(chw, labels, bank, self.params.reference)[0]
+        pattern = None
+        if plan.plaid_eps > 0:
+            plaid = PlaidParams(components=1, cycles=self.params.plaid_cycles, chroma=0.0)
+            patterns = self._get(
+                ("plaid", height, width),
+                lambda: class_plaids(self.key, self.classes, height, width, plaid),
+            )
+            pattern = patterns[label]
+            if channels == 1:
+                pattern = pattern.mean(dim=0, keepdim=True)
+        return stack_pixels(pixels.numpy(), matrix, offset, change, pattern, plan.plaid_eps)
+
+    def _apply_float(
+        self, images: Tensor, label_ids: Tensor, plan: PhotoPlan, depthwise: bool = False
+    ) -> Tensor:
+        """Stack version 1 (float in, float out; see the module docstring); ``depthwise``: its
+        CUDA filtering as one depthwise convolution (stack version 2 on small images)."""
         out = images.float()
         if plan.blur > 0:
             bank = self._get(
                 ("cuda", plan.blur),
                 lambda: cuda_filters(self.key, self.classes, self.params.kernel_size, plan.blur),
             )
-            out = apply_cuda_at_scale(out, label_ids, bank, self.params.reference)
+            if depthwise and min(out.shape[-2:]) <= self.params.reference:
+                out = apply_cuda(out, label_ids, bank, depthwise=True)
+            else:
+                out = apply_cuda_at_scale(out, label_ids, bank, self.params.reference)
         if plan.colour > 0:
             transforms = self._get(
                 ("colour", plan.colour),

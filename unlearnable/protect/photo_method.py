@@ -2,7 +2,8 @@
 
 Stacked class-wise shortcuts for photographs (:mod:`unlearnable.protect.photo`): the CUDA
 filter designed at a scraper's resolution plus a key-derived class-wise colour transform. The
-classes come from labels (folders, one label, a CSV), as for ``cuda``.
+classes come from labels (folders, one label, a CSV), as for ``cuda``. ``--stack-version``
+picks the stack's version (default: the newest, or the one a resumed run started with).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from .cuda_method import (
     refuse_uc_options,
     validate_filter_settings,
 )
-from .methods import MethodContext, register_method
+from .methods import MethodContext, MethodOption, register_method
 
 if TYPE_CHECKING:
     from ..io.runner import FolderJob
@@ -34,7 +35,9 @@ class PhotoConfig:
     ``strength``: ``low``, ``mid`` or ``high`` (scales the blur and the colour transform by
     0.5, 1 or 1.5). ``reference``: the scraper short side (px) the CUDA filter is designed at.
     ``kernel_size`` (odd, 1-63) and ``blur`` (in (0, 1], at strength ``mid``) override the
-    CUDA filter's defaults (3 and 0.3).
+    CUDA filter's defaults (3 and 0.3). ``stack_version``: 1 or 2 (see
+    :mod:`unlearnable.protect.photo`); None: the newest for a new run, the earlier run's on
+    ``resume`` (so a resumed run gives the files it would have given).
     """
 
     labels: str | Path = "auto"
@@ -42,9 +45,12 @@ class PhotoConfig:
     reference: int = 112
     kernel_size: int | None = None
     blur: float | None = None
+    stack_version: int | None = None
 
     def __post_init__(self) -> None:
         validate_filter_settings(self.strength, self.kernel_size, self.blur)
+        if self.stack_version is not None and self.stack_version not in (1, 2):
+            raise UsageError(f"stack version must be 1 or 2, got {self.stack_version}")
         if self.reference < 8:
             raise UsageError(f"reference must be >= 8 px, got {self.reference}")
         if str(self.labels) == CLUSTER_LABELS:
@@ -70,6 +76,7 @@ def photo_from_options(values: Mapping[str, Any]) -> PhotoConfig | ClusterCudaCo
         strength=values.get("strength") or "mid",
         kernel_size=kernel_size,
         blur=values.get("blur"),
+        stack_version=values.get("stack_version"),
     )
 
 
@@ -79,10 +86,18 @@ def photo_from_options(values: Mapping[str, Any]) -> PhotoConfig | ClusterCudaCo
     summary="for photographs: CUDA designed at the scraper's resolution plus a key-derived "
     "colour transform per class",
     from_options=photo_from_options,
+    cli_options=(
+        MethodOption(
+            "--stack-version",
+            int,
+            "the stack's version, 1 or 2 (default: the newest; on --resume, the earlier run's)",
+            "N",
+        ),
+    ),
 )
 def prepare_photo(config: PhotoConfig, context: MethodContext) -> FolderJob:
     from ..io.runner import FolderJob
-    from .photo import PhotoParams, PhotoProtector
+    from .photo import STACK_VERSION, PhotoParams, PhotoProtector
 
     labels = context.assign_labels(config.labels)
     defaults = PhotoParams()
@@ -91,7 +106,10 @@ def prepare_photo(config: PhotoConfig, context: MethodContext) -> FolderJob:
         kernel_size=defaults.kernel_size if config.kernel_size is None else config.kernel_size,
         blur=defaults.blur if config.blur is None else config.blur,
     )
-    protector = PhotoProtector(context.key, labels.classes, config.strength, params)
+    version = config.stack_version
+    if version is None:
+        version = _resumed_stack_version(context) or STACK_VERSION
+    protector = PhotoProtector(context.key, labels.classes, config.strength, params, version)
     return FolderJob(
         protector=protector,
         labels=labels.labels,
@@ -99,3 +117,16 @@ def prepare_photo(config: PhotoConfig, context: MethodContext) -> FolderJob:
         label_mode=labels.mode,
         problems=labels.problems,
     )
+
+
+def _resumed_stack_version(context: MethodContext) -> int | None:
+    """The stack version of the ``photo`` run being resumed in the output folder, if any."""
+    if not context.run.resume:
+        return None
+    from ..io.runner import earlier_run
+
+    earlier = earlier_run(context.output_dir)
+    if earlier is None or earlier.method != "photo":
+        return None
+    version = (earlier.parameters or {}).get("stack_version")
+    return version if version in (1, 2) else None
