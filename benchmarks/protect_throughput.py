@@ -1,20 +1,30 @@
 """Protect throughput against the I/O floor, on the same files with the same worker count.
 
 (a) floor: decode + re-encode to the same format with Pillow (JPEG keeps its quantisation
-    tables) + write each file, in ``--workers`` processes, chunks of 64 files;
+    tables) + write each file, in ``--workers`` processes, in the runner's chunks (at most 64
+    files and 16 MB each, so a few large photos are still shared by the workers);
 (b) protect: ``unlearnable.protect_directory`` (decode, the method's protection, per-file quality
     metrics, encode, atomic write, sha256, manifest) with the same workers; ``--method`` names
-    the registered method (default: the tool's default method).
+    the registered method (default: the tool's default method); ``--stack-version`` picks the
+    ``photo`` stack's version (to compare versions in one session).
 
 Datasets: the CIFAR-10 JPEG train split (50,000 files of 32x32; ``--data``, ``--limit``) and a
 folder of large photos made by the benchmark (``--photos`` images of ``--photo-size``).
 Floor and protect are interleaved (floor, protect, floor, protect, ...) for ``--rounds``
-rounds, because the floor moves by tens of percent between runs on a shared machine; the table
-gives the median images/s of each and the median of the per-round ratios (protect / floor).
+rounds, because the floor moves by tens of percent between runs on a shared machine (each
+output is removed and the file system flushed before the next run, so no run pays for the
+write-back of another); the table gives the median images/s of each and the median of the
+per-round ratios (protect / floor).
 
     python benchmarks/protect_throughput.py                 # everything, 3 rounds
     python benchmarks/protect_throughput.py --limit 5000 --photos 10 --rounds 5
     python benchmarks/protect_throughput.py --method cuda --skip-cifar --photos 8
+    python benchmarks/protect_throughput.py --skip-cifar --stack-version 1   # the old stack
+    python benchmarks/protect_throughput.py --skip-cifar --stack-version 1,2 # both, same rounds
+
+``--threads`` (default: ``$OMP_NUM_THREADS`` or 1) sets torch's threads in this process; the
+workers always use one each. The table line gives the load average: on a shared machine the
+ratio, not the images/s, is the figure to compare.
 """
 
 from __future__ import annotations
@@ -40,6 +50,7 @@ from _data import cifar10_root  # noqa: E402
 from unlearnable import RunOptions, SecretKey, protect_directory  # noqa: E402
 from unlearnable.io.discover import discover_images  # noqa: E402
 from unlearnable.io.executors import default_workers  # noqa: E402
+from unlearnable.io.runner import CHUNK_BYTES, CHUNK_FILES  # noqa: E402
 from unlearnable.protect.api import DEFAULT_METHOD  # noqa: E402
 
 
@@ -58,21 +69,43 @@ def _floor_chunk(args: tuple[Path, Path, list[str]]) -> int:
     return len(files)
 
 
+def runner_chunks(source: Path, files: list[str]) -> list[list[str]]:
+    """Consecutive files in chunks of at most CHUNK_FILES files and CHUNK_BYTES, as the
+    runner makes them (:func:`unlearnable.io.runner._chunks`)."""
+    chunks: list[list[str]] = []
+    current: list[str] = []
+    size_so_far = 0
+    for rel in files:
+        size = (source / rel).stat().st_size
+        if current and (len(current) >= CHUNK_FILES or size_so_far + size > CHUNK_BYTES):
+            chunks.append(current)
+            current, size_so_far = [], 0
+        current.append(rel)
+        size_so_far += size
+    if current:
+        chunks.append(current)
+    return chunks
+
+
 def io_floor(source: Path, target: Path, files: list[str], workers: int) -> float:
-    chunks = [(source, target, files[i : i + 64]) for i in range(0, len(files), 64)]
+    chunks = [(source, target, chunk) for chunk in runner_chunks(source, files)]
     start = time.perf_counter()
-    if workers == 1:
+    if min(workers, len(chunks)) == 1:  # as the runner: no pool for a single chunk
         for chunk in chunks:
             _floor_chunk(chunk)
     else:
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        with ProcessPoolExecutor(
+            min(workers, len(chunks)), mp_context=get_context("spawn")
+        ) as pool:
             list(pool.map(_floor_chunk, chunks))
     return time.perf_counter() - start
 
 
-def protect_time(source: Path, target: Path, workers: int, method: str) -> tuple[float, int]:
+def protect_time(source: Path, target: Path, workers: int, method: object) -> tuple[float, int]:
     start = time.perf_counter()
-    run = protect_directory(source, target, SecretKey(bytes(32)), method, RunOptions(workers=workers))
+    run = protect_directory(
+        source, target, SecretKey(bytes(32)), method, RunOptions(workers=workers)
+    )
     seconds = time.perf_counter() - start
     assert not run.failed, run.failed[:3]
     return seconds, len(run.succeeded)
@@ -104,36 +137,57 @@ def make_photos(folder: Path, count: int, width: int, height: int) -> Path:
     return folder
 
 
+def _clean(folder: Path) -> None:
+    """Remove a run's output and flush the file system, so that the next timed run does not
+    pay for this one's write-back (50,000 small files take seconds to flush)."""
+    shutil.rmtree(folder)
+    os.sync()
+
+
 def measure(
-    name: str, source: Path, workers: int, scratch: Path, rounds: int, method: str
-) -> dict:
-    """Interleaved floor / protect rounds; medians of images/s and of the per-round ratio."""
+    name: str,
+    source: Path,
+    workers: int,
+    scratch: Path,
+    rounds: int,
+    methods: list[tuple[str, object]],
+) -> list[dict]:
+    """Interleaved rounds (floor, then each ``(label, method)``); per method the medians of
+    images/s and of the per-round ratio against the same round's floor."""
     files = discover_images(source).files
     floor_dir, protect_dir = scratch / f"{name}-floor", scratch / f"{name}-protect"
-    floors, protects, ratios, protect_seconds = [], [], [], []
+    floors: list[float] = []
+    protects: dict[str, list[float]] = {label: [] for label, _ in methods}
+    ratios: dict[str, list[float]] = {label: [] for label, _ in methods}
+    seconds: dict[str, list[float]] = {label: [] for label, _ in methods}
     for index in range(rounds):
         floor_s = io_floor(source, floor_dir, files, workers)
-        shutil.rmtree(floor_dir)
-        protect_s, done = protect_time(source, protect_dir, workers, method)
-        shutil.rmtree(protect_dir)
+        _clean(floor_dir)
         floors.append(len(files) / floor_s)
-        protects.append(done / protect_s)
-        ratios.append(protects[-1] / floors[-1])
-        protect_seconds.append(protect_s)
-        print(
-            f"{name} round {index + 1}/{rounds}: floor {floors[-1]:.1f} img/s ({floor_s:.1f} s), "
-            f"protect {protects[-1]:.1f} img/s ({protect_s:.1f} s), ratio {ratios[-1]:.2f}",
-            flush=True,
-        )
-    return {
-        "name": name,
-        "files": len(files),
-        "floor": statistics.median(floors),
-        "protect": statistics.median(protects),
-        "ratio": statistics.median(ratios),
-        "ratio_range": (min(ratios), max(ratios)),
-        "protect_s": statistics.median(protect_seconds),
-    }
+        line = f"{name} round {index + 1}/{rounds}: floor {floors[-1]:.1f} img/s ({floor_s:.1f} s)"
+        for label, method in methods:
+            protect_s, done = protect_time(source, protect_dir, workers, method)
+            _clean(protect_dir)
+            protects[label].append(done / protect_s)
+            ratios[label].append(protects[label][-1] / floors[-1])
+            seconds[label].append(protect_s)
+            line += (
+                f", {label} {protects[label][-1]:.1f} img/s ({protect_s:.1f} s) "
+                f"ratio {ratios[label][-1]:.2f}"
+            )
+        print(line, flush=True)
+    return [
+        {
+            "name": name if len(methods) == 1 else f"{name} [{label}]",
+            "files": len(files),
+            "floor": statistics.median(floors),
+            "protect": statistics.median(protects[label]),
+            "ratio": statistics.median(ratios[label]),
+            "ratio_range": (min(ratios[label]), max(ratios[label])),
+            "protect_s": statistics.median(seconds[label]),
+        }
+        for label, _ in methods
+    ]
 
 
 def main() -> None:
@@ -152,7 +206,31 @@ def main() -> None:
     parser.add_argument(
         "--method", default=DEFAULT_METHOD, help=f"registered method (default {DEFAULT_METHOD})"
     )
+    parser.add_argument(
+        "--stack-version",
+        default=None,
+        help="photo: the stack version, or several (1,2) measured in the same rounds "
+        "(default: the newest)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=int(os.environ.get("OMP_NUM_THREADS", "1")),
+        help="torch threads of this process (the workers use one each)",
+    )
     args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    methods: list[tuple[str, object]] = [(args.method, args.method)]
+    if args.stack_version is not None:
+        if args.method != "photo":
+            parser.error("--stack-version is a photo option")
+        from unlearnable.protect.photo_method import PhotoConfig
+
+        versions = [int(v) for v in args.stack_version.split(",")]
+        methods = [(f"photo v{v}", PhotoConfig(stack_version=v)) for v in versions]
+    label = ", ".join(name for name, _ in methods)
     width, height = map(int, args.photo_size.lower().split("x"))
 
     rows = []
@@ -160,42 +238,28 @@ def main() -> None:
         scratch = Path(tmp)
         if not args.skip_cifar:
             train = cifar10_root(args.data) / "train"
-            rows.append(
-                measure(
-                    "cifar10-train-jpeg",
-                    subset(train, args.limit, scratch),
-                    args.workers,
-                    scratch,
-                    args.rounds,
-                    args.method,
-                )
+            source = subset(train, args.limit, scratch)
+            rows += measure(
+                "cifar10-train-jpeg", source, args.workers, scratch, args.rounds, methods
             )
         if args.photos:
             photos = make_photos(scratch / "photos-src", args.photos, width, height)
-            rows.append(
-                measure(
-                    f"photos-{args.photo_size}-jpeg",
-                    photos,
-                    args.workers,
-                    scratch,
-                    args.rounds,
-                    args.method,
-                )
-            )
+            name = f"photos-{args.photo_size}-jpeg"
+            rows += measure(name, photos, args.workers, scratch, args.rounds, methods)
 
     print(
-        f"\nprotect throughput, method {args.method}, workers={args.workers}, "
+        f"\nprotect throughput, method {label}, workers={args.workers}, "
         f"cpu cores={os.cpu_count()}, load average {os.getloadavg()[0]:.1f}, "
         f"median of {args.rounds} interleaved rounds"
     )
     print(
-        f"{'dataset':<28}{'files':>8}{'floor img/s':>13}{'protect img/s':>15}{'ratio':>8}"
+        f"{'dataset':<40}{'files':>8}{'floor img/s':>13}{'protect img/s':>15}{'ratio':>8}"
         f"{'ratio range':>14}{'protect s':>11}"
     )
     for row in rows:
         low, high = row["ratio_range"]
         print(
-            f"{row['name']:<28}{row['files']:>8}{row['floor']:>13.1f}{row['protect']:>15.1f}"
+            f"{row['name']:<40}{row['files']:>8}{row['floor']:>13.1f}{row['protect']:>15.1f}"
             f"{row['ratio']:>8.2f}{f'{low:.2f}-{high:.2f}':>14}{row['protect_s']:>11.1f}"
         )
 
