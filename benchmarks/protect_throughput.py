@@ -50,7 +50,8 @@ from _data import cifar10_root  # noqa: E402
 from unlearnable import RunOptions, SecretKey, protect_directory  # noqa: E402
 from unlearnable.io.discover import discover_images  # noqa: E402
 from unlearnable.io.executors import default_workers  # noqa: E402
-from unlearnable.io.runner import CHUNK_BYTES, CHUNK_FILES  # noqa: E402
+from unlearnable.io.runner import chunk_tasks  # noqa: E402
+from unlearnable.io.work import Task  # noqa: E402
 from unlearnable.protect.api import DEFAULT_METHOD  # noqa: E402
 
 
@@ -70,21 +71,9 @@ def _floor_chunk(args: tuple[Path, Path, list[str]]) -> int:
 
 
 def runner_chunks(source: Path, files: list[str]) -> list[list[str]]:
-    """Consecutive files in chunks of at most CHUNK_FILES files and CHUNK_BYTES, as the
-    runner makes them (:func:`unlearnable.io.runner._chunks`)."""
-    chunks: list[list[str]] = []
-    current: list[str] = []
-    size_so_far = 0
-    for rel in files:
-        size = (source / rel).stat().st_size
-        if current and (len(current) >= CHUNK_FILES or size_so_far + size > CHUNK_BYTES):
-            chunks.append(current)
-            current, size_so_far = [], 0
-        current.append(rel)
-        size_so_far += size
-    if current:
-        chunks.append(current)
-    return chunks
+    """The files in the runner's chunks (:func:`unlearnable.io.runner.chunk_tasks`)."""
+    tasks = [Task(path, 0, "") for path in files]
+    return [[task.path for task in chunk] for chunk in chunk_tasks(source, tasks)]
 
 
 def io_floor(source: Path, target: Path, files: list[str], workers: int) -> float:

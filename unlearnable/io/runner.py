@@ -199,7 +199,7 @@ def run_folder(
         executor,
         process_chunk,
         context,
-        _chunks(input_dir, tasks),
+        chunk_tasks(input_dir, tasks),
         lost_chunk,
         RunBook(manifest, records, journal, output_dir),
         total=len(tasks),
@@ -428,7 +428,7 @@ def _output_names(paths: list[str], requested_format: str) -> tuple[dict[str, st
     return names, collisions
 
 
-def _chunks(input_dir: Path, tasks: list[Task]) -> list[list[Task]]:
+def chunk_tasks(input_dir: Path, tasks: list[Task]) -> list[list[Task]]:
     """Consecutive tasks grouped into chunks of at most CHUNK_FILES files and CHUNK_BYTES."""
     chunks: list[list[Task]] = []
     current: list[Task] = []
