@@ -23,7 +23,7 @@ def _ramp() -> torch.Tensor:
 
 
 def test_golden_output_stack_v1():
-    protector = PhotoProtector(FIXED_KEY, ["cat", "dog"], "mid", PhotoParams(reference=8), 1)
+    protector = PhotoProtector(FIXED_KEY, ["cat", "dog"], "mid", PhotoParams(reference=8, colour=0.2), 1)
     out = protector.apply(_ramp(), torch.tensor([1]), protector.plan(16, 16))
     assert out[0, :, 5, 7].tolist() == pytest.approx([1.0, 0.7745614051818848, 0.3853324055671692], abs=1e-5)
     assert out[0, :, 12, 2].tolist() == pytest.approx(
@@ -63,7 +63,7 @@ def test_weaken_walks_high_mid_low_then_stops():
     while plan is not None:
         rungs.append((plan.strength, plan.blur, plan.colour))
         plan = protector.weaken(plan)
-    assert rungs == [("high", 0.45, 0.3), ("mid", 0.3, 0.2), ("low", 0.15, 0.1)]
+    assert rungs == [("high", 0.45, 0.45), ("mid", 0.3, 0.3), ("low", 0.15, 0.15)]
     torch.manual_seed(0)
     image = torch.nn.functional.interpolate(torch.rand(1, 3, 4, 4) * 0.6 + 0.2, size=(32, 32), mode="bilinear")
     colour_only = PhotoProtector(FIXED_KEY, ["a"], "high", PhotoParams(blur=0.0))

@@ -42,7 +42,7 @@ def _photo(height: int, width: int, channels: int = 3, seed: int = 0) -> torch.T
 
 
 def test_golden_output_stack_v2():
-    protector = PhotoProtector(FIXED_KEY, ["cat", "dog"], "mid", PhotoParams(reference=8), 2)
+    protector = PhotoProtector(FIXED_KEY, ["cat", "dog"], "mid", PhotoParams(reference=8, colour=0.2), 2)
     out = protector.apply_uint8(_ramp_pixels(), torch.tensor([1]), protector.plan(16, 16))
     assert out[0, 5, 7].tolist() == [255, 196, 98]
     assert out[0, 12, 2].tolist() == [71, 213, 105]
@@ -214,3 +214,30 @@ def test_stack_v2_does_not_depend_on_the_band_height(monkeypatch):
     whole = protector.apply_uint8(pixels, torch.tensor([0]), plan)
     monkeypatch.setattr(photo_pixels, "TILE_ROWS", 7)
     assert np.array_equal(protector.apply_uint8(pixels, torch.tensor([0]), plan), whole)
+
+
+def test_resume_keeps_the_colour_strength_an_earlier_release_recorded(tmp_path, monkeypatch):
+    """The colour default went from 0.2 to 0.3: a run started with 0.2 resumes with 0.2 (same
+    files), while a new run gets 0.3."""
+    import functools
+
+    from unlearnable.protect import photo as photo_module
+
+    source = make_labelled_folder(tmp_path / "in", per_class=2, size=(130, 120))
+    one = ul.RunOptions(workers=1)
+    with monkeypatch.context() as patch:  # an earlier release's defaults
+        patch.setattr(photo_module, "PhotoParams", functools.partial(PhotoParams, colour=0.2))
+        first = ul.protect_directory(source, tmp_path / "old", FIXED_KEY, "photo", one)
+    assert first.manifest.parameters["colour"] == 0.2
+    done = tree_digest(tmp_path / "old")
+    (tmp_path / "old" / "cat" / "img0.png").unlink()
+    resumed = ul.protect_directory(
+        source, tmp_path / "old", FIXED_KEY, "photo", ul.RunOptions(workers=1, resume=True)
+    )
+    assert resumed.manifest.parameters["colour"] == 0.2 and not resumed.failed
+    again = tree_digest(tmp_path / "old")
+    images = [name for name in done if name.endswith(".png")]
+    assert len(images) == 4 and all(again[name] == done[name] for name in images)
+    new = ul.protect_directory(source, tmp_path / "new", FIXED_KEY, "photo", one)
+    assert new.manifest.parameters["colour"] == PhotoParams().colour == 0.3
+    assert tree_digest(tmp_path / "new")["cat/img0.png"] != done["cat/img0.png"]

@@ -9,7 +9,7 @@ picks the stack's version (default: the newest, or the one a resumed run started
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +25,7 @@ from .methods import MethodContext, MethodOption, register_method
 
 if TYPE_CHECKING:
     from ..io.runner import FolderJob
+    from .photo import PhotoParams
 
 
 @dataclass(frozen=True)
@@ -100,15 +101,20 @@ def prepare_photo(config: PhotoConfig, context: MethodContext) -> FolderJob:
     from .photo import STACK_VERSION, PhotoParams, PhotoProtector
 
     labels = context.assign_labels(config.labels)
-    defaults = PhotoParams()
+    earlier = _resumed_parameters(context)
+    defaults = _resumed_defaults(PhotoParams(), earlier)
     params = PhotoParams(
         reference=config.reference,
         kernel_size=defaults.kernel_size if config.kernel_size is None else config.kernel_size,
         blur=defaults.blur if config.blur is None else config.blur,
+        colour=defaults.colour,
+        plaid_eps=defaults.plaid_eps,
+        plaid_cycles=defaults.plaid_cycles,
     )
     version = config.stack_version
     if version is None:
-        version = _resumed_stack_version(context) or STACK_VERSION
+        recorded = earlier.get("stack_version")
+        version = recorded if recorded in (1, 2) else STACK_VERSION
     protector = PhotoProtector(context.key, labels.classes, config.strength, params, version)
     return FolderJob(
         protector=protector,
@@ -119,14 +125,29 @@ def prepare_photo(config: PhotoConfig, context: MethodContext) -> FolderJob:
     )
 
 
-def _resumed_stack_version(context: MethodContext) -> int | None:
-    """The stack version of the ``photo`` run being resumed in the output folder, if any."""
+def _resumed_parameters(context: MethodContext) -> dict[str, Any]:
+    """The recorded parameters of the ``photo`` run being resumed in the output folder
+    (``{}`` when this is not a resume of a ``photo`` run)."""
     if not context.run.resume:
-        return None
+        return {}
     from ..io.runner import earlier_run
 
     earlier = earlier_run(context.output_dir)
     if earlier is None or earlier.method != "photo":
-        return None
-    version = (earlier.parameters or {}).get("stack_version")
-    return version if version in (1, 2) else None
+        return {}
+    return dict(earlier.parameters or {})
+
+
+def _resumed_defaults(defaults: PhotoParams, earlier: Mapping[str, Any]) -> PhotoParams:
+    """``defaults`` with the settings a resumed run recorded and no option sets (colour
+    strength, plaid, and the filter's blur and size when not given): a run started with an
+    earlier release's defaults resumes with them, so it gives the files it would have given
+    (the colour strength default went from 0.2 to 0.3)."""
+    values: dict[str, Any] = {}
+    for name in ("kernel_size", "blur", "colour", "plaid_eps"):
+        if isinstance(earlier.get(name), (int, float)):
+            values[name] = earlier[name]
+    cycles = earlier.get("plaid_cycles")
+    if isinstance(cycles, (list, tuple)) and len(cycles) == 2:
+        values["plaid_cycles"] = (float(cycles[0]), float(cycles[1]))
+    return replace(defaults, **values) if values else defaults
