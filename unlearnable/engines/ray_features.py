@@ -110,21 +110,14 @@ def extract_features_on_ray(
     pending: dict[Any, int] = {}
     queue = iter(starts)
     done = 0
+
+    def submit(index: int, start: int) -> None:
+        args = (source, files, start, block, resolution, max_pixels, batch_size, keep)
+        pending[_submit(pool[index], *args)] = index
+
     try:
         for index, start in zip(range(size), queue, strict=False):
-            pending[
-                _submit(
-                    pool[index],
-                    source,
-                    files,
-                    start,
-                    block,
-                    resolution,
-                    max_pixels,
-                    batch_size,
-                    keep,
-                )
-            ] = index
+            submit(index, start)
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             index = pending.pop(ready[0])
@@ -138,19 +131,7 @@ def extract_features_on_ray(
             report("features", done, count)
             following = next(queue, None)
             if following is not None:
-                pending[
-                    _submit(
-                        pool[index],
-                        source,
-                        files,
-                        following,
-                        block,
-                        resolution,
-                        max_pixels,
-                        batch_size,
-                        keep,
-                    )
-                ] = index
+                submit(index, following)
     finally:
         for actor in pool:
             ray.kill(actor)

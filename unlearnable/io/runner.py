@@ -135,6 +135,22 @@ def default_executor(workers: int | None = None) -> Executor:
     return SerialExecutor() if workers == 1 else ProcessExecutor(workers)
 
 
+def run_manifest(
+    job: FolderJob, options: OutputOptions, key_fingerprint: str, **extra: Any
+) -> Manifest:
+    """The (still empty) manifest of a run of ``job``: its method, the protector's parameters
+    with the output options, the key's fingerprint, labels and classes, and ``job``'s manifest
+    extras plus ``extra``."""
+    return Manifest(
+        method=job.protector.method,
+        parameters={**job.protector.parameters(), "output": options.to_json()},
+        key_fingerprint=key_fingerprint,
+        label_mode=job.label_mode,
+        classes=list(job.classes),
+        extra={**extra, **job.manifest_extra},
+    )
+
+
 def run_folder(
     input_dir: Path,
     output_dir: Path,
@@ -161,14 +177,7 @@ def run_folder(
     check_folders(input_dir, output_dir)
     _check_class_names(job.classes)
     protector = job.protector
-    manifest = Manifest(
-        method=protector.method,
-        parameters={**protector.parameters(), "output": options.to_json()},
-        key_fingerprint=key_fingerprint,
-        label_mode=job.label_mode,
-        classes=list(job.classes),
-        extra=dict(job.manifest_extra),
-    )
+    manifest = run_manifest(job, options, key_fingerprint)
     previous = _previous_records(output_dir, manifest, resume, job.run_files)
     class_index = {name: index for index, name in enumerate(job.classes)}
     clusters = job.clusters or {}

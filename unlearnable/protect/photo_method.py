@@ -98,7 +98,7 @@ def photo_from_options(values: Mapping[str, Any]) -> PhotoConfig | ClusterCudaCo
 )
 def prepare_photo(config: PhotoConfig, context: MethodContext) -> FolderJob:
     from ..io.runner import FolderJob
-    from .photo import STACK_VERSION, PhotoParams, PhotoProtector
+    from .photo import STACK_VERSION, STACK_VERSIONS, PhotoParams, PhotoProtector
 
     labels = context.assign_labels(config.labels)
     earlier = _resumed_parameters(context)
@@ -114,7 +114,7 @@ def prepare_photo(config: PhotoConfig, context: MethodContext) -> FolderJob:
     version = config.stack_version
     if version is None:
         recorded = earlier.get("stack_version")
-        version = recorded if recorded in (1, 2) else STACK_VERSION
+        version = recorded if recorded in STACK_VERSIONS else STACK_VERSION
     protector = PhotoProtector(context.key, labels.classes, config.strength, params, version)
     return FolderJob(
         protector=protector,

@@ -156,19 +156,27 @@ def detect_format(path: Path | str, options: FormatOptions = DEFAULT_FORMATS) ->
     if wanted == "folder":
         return "folder"
     kinds = {kind for name in _walk_names(path) if (kind := _kind_of(name)) is not None}
+    if wanted != "auto" or len(kinds) > 1:
+        return _chosen_kind(kinds, wanted, f"below {path}", str(path))
+    if kinds and not _has_images(path):
+        return kinds.pop()
+    return "folder"
+
+
+def _chosen_kind(kinds: set[str], wanted: str, where: str, place: str) -> str:
+    """The container kind of ``kinds`` (found ``where``, in ``place``) that ``wanted``
+    (``--input-format``) names, or the only one with ``auto``; FormatUsageError otherwise."""
     if wanted != "auto":
         if wanted not in kinds:
             raise FormatUsageError(
-                f"--input-format {wanted}: no {CONTAINER_SUFFIX[wanted]} files below {path}"
+                f"--input-format {wanted}: no {CONTAINER_SUFFIX[wanted]} files {where}"
             )
         return wanted
     if len(kinds) > 1:
         raise FormatUsageError(
-            f"{path} holds both .tar shards and .parquet files; choose with --input-format"
+            f"{place} holds both .tar shards and .parquet files; choose with --input-format"
         )
-    if kinds and not _has_images(path):
-        return kinds.pop()
-    return "folder"
+    return next(iter(kinds))
 
 
 def _detect_url(url: str, options: FormatOptions) -> str:
@@ -187,17 +195,7 @@ def _detect_url(url: str, options: FormatOptions) -> str:
             f"{url}: URLs are read for WebDataset shards and Parquet files only, and none "
             "was found there"
         )
-    if wanted != "auto":
-        if wanted not in kinds:
-            raise FormatUsageError(
-                f"--input-format {wanted}: no {CONTAINER_SUFFIX[wanted]} files at {url}"
-            )
-        return wanted
-    if len(kinds) > 1:
-        raise FormatUsageError(
-            f"{url} holds both .tar shards and .parquet files; choose with --input-format"
-        )
-    return kinds.pop()
+    return _chosen_kind(kinds, wanted, f"at {url}", url)
 
 
 def _url_names(fs: Any, base: str) -> list[str]:

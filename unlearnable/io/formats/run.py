@@ -32,7 +32,7 @@ from ...errors import UsageError
 from ..executors import Executor
 from ..hashing import sha256_bytes
 from ..images import EXTENSION_FOR_FORMAT, OUTPUT_FORMATS
-from ..manifest import FileRecord, Manifest
+from ..manifest import FileRecord
 from ..runner import (
     FolderJob,
     ProtectRun,
@@ -42,6 +42,7 @@ from ..runner import (
     _start_journal,
     default_executor,
     run_and_record,
+    run_manifest,
 )
 from ..work import DEFAULT_OUTPUT, ChunkResult, OutputOptions, Task, WorkContext, process_chunk
 from . import is_url, read_container, write_container
@@ -265,14 +266,7 @@ def run_records(
 
     _check_class_names(job.classes)
     protector = job.protector
-    manifest = Manifest(
-        method=protector.method,
-        parameters={**protector.parameters(), "output": options.to_json()},
-        key_fingerprint=key_fingerprint,
-        label_mode=job.label_mode,
-        classes=list(job.classes),
-        extra={"input_format": reader.kind, **job.manifest_extra},
-    )
+    manifest = run_manifest(job, options, key_fingerprint, input_format=reader.kind)
     url = UrlFolder(str(output_dir)) if is_url(output_dir) else None
     if url is not None:
         previous = previous_url_records(url, manifest, resume, job.run_files)
