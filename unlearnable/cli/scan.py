@@ -298,6 +298,27 @@ def scan(
 )
 @click.option("--mask-epochs", type=click.IntRange(1), default=20, show_default=True)
 @click.option(
+    "--unlearn/--no-unlearn",
+    default=True,
+    show_default=True,
+    help="After pruning, recover a trigger toward the target the exposure detected and "
+    "unlearn it with the clean images (skipped when no target is detected).",
+)
+@click.option(
+    "--threshold",
+    type=click.FloatRange(0),
+    default=None,
+    help="Detection threshold (max-share) above which the exposed model's sink class counts as "
+    "the backdoor's target to unlearn (default: scan's, 0.4).",
+)
+@click.option(
+    "--unlearn-rounds",
+    type=click.IntRange(1, 10),
+    default=2,
+    show_default=True,
+    help="Recover-and-unlearn rounds.",
+)
+@click.option(
     "--trigger",
     default=None,
     metavar="SPEC|FILE",
@@ -334,25 +355,33 @@ def purify(
     max_drop,
     prune_threshold,
     mask_epochs,
+    unlearn,
+    threshold,
+    unlearn_rounds,
     trigger,
     target,
     output,
 ) -> None:
     """Remove a backdoor from MODEL: expose it, learn batch-norm channel masks on the exposed
-    model, and prune the lowest channels of the original (RNP).
+    model, prune the lowest channels of the original (RNP), then recover a trigger toward the
+    class the exposed model collapses into and unlearn it.
 
     MODEL needs batch-norm layers that can be edited: our format or a state dict with --arch
     (TorchScript and torch.export archives are refused; `scan` reads them).
     """
+    from ..defenses.detection import DetectionConfig
     from ..defenses.ebyd_data import load_clean_folder
     from ..defenses.ebyd_report import write_purify_folder
     from ..defenses.purify import PurifyConfig, purify_model, save_purified
     from ..defenses.removal import MaskConfig, PruneConfig, require_batch_norm
+    from ..defenses.trigger_unlearn import UnlearnConfig
 
     config = PurifyConfig(
         exposure=_exposure_config(exposure, lr, max_epochs, stop_accuracy, fixed_epochs, seed),
+        detection=DetectionConfig(threshold=threshold),
         masks=MaskConfig(epochs=mask_epochs, seed=seed),
         prune=PruneConfig(rule=rule, max_drop=max_drop, threshold=prune_threshold),
+        unlearn=UnlearnConfig(rounds=unlearn_rounds, seed=seed) if unlearn else None,
         defense_images=defense_images,
         seed=seed,
     )
@@ -385,6 +414,7 @@ def purify(
         rows = [
             ("threshold", f"{result.choice.threshold:g} ({rule})"),
             ("pruned channels", str(len(result.choice.channels))),
+            ("unlearned trigger", _unlearned(result)),
             (
                 "clean accuracy",
                 f"{_pct(result.clean_acc_before)} -> {_pct(result.clean_acc_after)} (held out)",
@@ -398,6 +428,16 @@ def purify(
         out_console.print(summary_table("purified", rows))
         for text in result.notes:
             note(text)
+
+
+def _unlearned(result) -> str:
+    if result.unlearned is None:
+        return "off" if result.config.unlearn is None else "none (no target detected)"
+    trigger = result.unlearned.triggers[0]
+    return (
+        f"toward {result.classes[trigger.target]}, {len(result.unlearned.triggers)} round(s), "
+        f"first {trigger.mask_pixels:.0f} px"
+    )
 
 
 def _pct(value) -> str:

@@ -7,8 +7,9 @@
   verdict (:mod:`.detection`, which says how the defaults were calibrated).
 * :func:`purify_model`: expose, learn batch-norm masks on the exposed model, prune the lowest
   channels of the **original** model with a threshold chosen from clean accuracy only
-  (:mod:`.removal`, RNP); report clean accuracy before/after on held-out clean images and, for a
-  known trigger, the attack success rate.
+  (:mod:`.removal`, RNP), then recover a trigger toward the detected target and unlearn it
+  (:mod:`.trigger_unlearn`); report clean accuracy before/after on held-out clean images and,
+  for a known trigger, the attack success rate.
 
 The clean data is split once (seeded, class-balanced): ``defense_images`` (default 500, the
 EBYD/RNP budget) drive unlearning, masks and the pruning choice; the rest is held out for the
@@ -46,7 +47,7 @@ from .exposure import ExposureConfig, ExposureResult, expose
 
 REPORT_VERSION = 2
 
-#: ``progress(stage, epoch, epochs, row)``: stage ``"expose"`` or ``"masks"``.
+#: ``progress(stage, epoch, epochs, row)``: stage ``"expose"``, ``"masks"`` or ``"unlearn"``.
 StageProgress = Callable[[str, int, int, dict[str, Any]], None]
 
 

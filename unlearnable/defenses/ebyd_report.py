@@ -9,7 +9,9 @@ threshold), ``accuracy.png`` and ``report.md``.
 
 purify adds ``masks.csv`` (mask learning per epoch), ``sweep.csv`` (every pruning threshold:
 channels pruned, defense and held-out accuracy, ASR with a trigger), ``sweep.png`` and
-``masks.png`` (all mask values, sorted).
+``masks.png`` (all mask values, sorted); when a trigger was unlearned, ``unlearn.csv``
+(unlearning per epoch of the last round: defense accuracy, share of stamped images still sent
+to the target) and ``triggers.png`` (each recovered trigger stamped on grey, one per round).
 """
 
 from __future__ import annotations
@@ -174,6 +176,32 @@ def masks_png(values: Sequence[float], chosen: float) -> bytes:
     )
 
 
+def triggers_png(triggers: Sequence[Any]) -> bytes:
+    """The recovered triggers side by side, each stamped on mid-grey and enlarged to at least
+    128 px (nearest neighbour), 8 px apart on white."""
+    import io
+
+    from PIL import Image
+
+    tiles = []
+    for trigger in triggers:
+        grey = trigger.apply(0.5 * trigger.pattern.new_ones(trigger.pattern.shape))[0]
+        pixels = (grey.clamp(0, 1) * 255).round().to("cpu").byte().permute(1, 2, 0).numpy()
+        tile = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels[..., :3])
+        scale = max(1, -(-128 // max(tile.size)))
+        tiles.append(tile.convert("RGB").resize((tile.width * scale, tile.height * scale), 0))
+    width = sum(t.width for t in tiles) + 8 * (len(tiles) + 1)
+    height = max(t.height for t in tiles) + 16
+    sheet = Image.new("RGB", (width, height), "white")
+    x = 8
+    for tile in tiles:
+        sheet.paste(tile, (x, 8))
+        x += tile.width + 8
+    buffer = io.BytesIO()
+    sheet.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def write_purify_folder(
     result: PurifyResult, folder: str | Path, model_info: Mapping[str, Any] | None = None
 ) -> RunFolder:
@@ -189,6 +217,9 @@ def write_purify_folder(
     run.write_plot("sweep.png", sweep_png(result.choice.sweep, result.choice.threshold))
     values = [float(v) for vals in result.masks.masks.values() for v in vals.tolist()]
     run.write_plot("masks.png", masks_png(values, result.choice.threshold))
+    if result.unlearned is not None:
+        run.write_rows("unlearn.csv", result.unlearned.rows)
+        run.write_plot("triggers.png", triggers_png(result.unlearned.triggers))
     report = result.to_report()
     report["model_info"] = dict(model_info or {})
     run.write_report(report, version=REPORT_VERSION)
@@ -199,11 +230,12 @@ def write_purify_folder(
         else f"fixed threshold {rule.threshold:g}"
     )
     lines = [
-        "# EBYD purify (RNP pruning of batch-norm channels)",
+        "# EBYD purify (RNP pruning of batch-norm channels, then trigger unlearning)",
         "",
         *_model_lines(result.source),
         f"- threshold: {result.choice.threshold:g} ({how}; chosen without any trigger)",
         f"- pruned channels: {len(result.choice.channels)} of {report['total_channels']}",
+        _unlearn_line(result),
         f"- held-out clean accuracy: {_pct(result.clean_acc_before)} -> "
         f"{_pct(result.clean_acc_after)}",
     ]
@@ -216,11 +248,28 @@ def write_purify_folder(
     lines += [
         "",
         "Files: `sweep.csv`, `sweep.png`, `masks.csv`, `masks.png`, `epochs.csv`, "
-        "`report.json`, `config.json`, `model.json` + `model.safetensors`.",
+        + ("`unlearn.csv`, `triggers.png`, " if result.unlearned is not None else "")
+        + "`report.json`, `config.json`, `model.json` + `model.safetensors`.",
     ]
     lines += [""] + [f"Note: {n}" for n in result.notes] if result.notes else []
     run.write_markdown("\n".join(lines))
     return run
+
+
+def _unlearn_line(result: PurifyResult) -> str:
+    det = result.detection
+    if result.unlearned is None:
+        if result.config.unlearn is None:
+            return "- trigger unlearning: off"
+        return f"- trigger unlearning: skipped, no target detected (score {det.score:.2f})"
+    found = ", ".join(
+        f"{t.mask_pixels:.0f} px (hit rate {100 * t.hit_rate:.0f}%)"
+        for t in result.unlearned.triggers
+    )
+    return (
+        f"- trigger unlearning: target {result.classes[det.target]} (detected, score "
+        f"{det.score:.2f}); recovered triggers {found}"
+    )
 
 
 __all__ = ["epoch_rows", "write_purify_folder", "write_scan_folder"]
