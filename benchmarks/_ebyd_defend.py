@@ -1,5 +1,6 @@
 """The EBYD benchmark's defence phase: scan (several exposures, every detector variant from the
-same runs), purify (RNP), baselines, and the table."""
+same runs), purify (RNP pruning, then trigger unlearning toward the detected target), baselines,
+and the table."""
 
 from __future__ import annotations
 
@@ -20,6 +21,12 @@ from unlearnable.defenses.detection import (
 from unlearnable.defenses.ebyd_data import split_defense
 from unlearnable.defenses.exposure import ExposureConfig, clone_model, expose
 from unlearnable.defenses.removal import MaskConfig, PruneConfig, choose_pruning, learn_masks
+from unlearnable.defenses.trigger_unlearn import (
+    RecoveredTrigger,
+    UnlearnConfig,
+    unlearn_backdoor,
+    unlearn_triggers,
+)
 from unlearnable.training import FitConfig, fit, stream_generator
 from unlearnable.training.classification import ClassifierBatches, evaluate
 
@@ -104,7 +111,23 @@ def defend(model, trigger, target, rate, seed, data, args) -> dict:
     masks = learn_masks(full.model, defense.images, defense.labels, MaskConfig(seed=seed))
     choice = choose_pruning(model, masks.masks, defense.images, defense.labels, prune_cfg,
                             history=masks.history)  # fmt: skip
-    ca_p, asr_p = metrics(choice.model)
+    ca_pr, asr_pr = metrics(choice.model)
+    # the library's purify: unlearn toward the detected target; a model that is not flagged
+    # keeps the pruned model. Unflagged models are unlearned toward their top class anyway, to
+    # show what a false flag would cost (CA_unl, ASR_unl).
+    detection = detect_exposures([full.rows], DetectionConfig(threshold=args.threshold), prior)
+    toward = detection.target if detection.target is not None else detection.top_class
+    unl = unlearn_backdoor(choice.model, defense.images, defense.labels, toward,
+                           UnlearnConfig(seed=seed), pruned=choice.channels)  # fmt: skip
+    ca_u, asr_u = metrics(unl.model)
+    ca_p, asr_p = (ca_u, asr_u) if detection.target is not None else (ca_pr, asr_pr)
+    # control: the same unlearning with a random pattern under the recovered mask
+    first = unl.triggers[0]
+    noise = torch.rand(first.pattern.shape, generator=torch.Generator().manual_seed(99))
+    decoy = RecoveredTrigger(first.mask, noise, toward, 0.0, first.mask_pixels)
+    ctl, _ = unlearn_triggers(choice.model, defense.images, defense.labels, [decoy],
+                              UnlearnConfig(seed=seed), pruned=choice.channels)  # fmt: skip
+    ca_c, asr_c = metrics(ctl)
     ft_ca, ft_asr = metrics(fine_tune(model, defense.images, defense.labels, 10, seed))
     raw = learn_masks(model, defense.images, defense.labels, MaskConfig(seed=seed))
     raw_choice = choose_pruning(model, raw.masks, defense.images, defense.labels, prune_cfg,
@@ -116,6 +139,15 @@ def defend(model, trigger, target, rate, seed, data, args) -> dict:
         "ASR_exposed": asr_exposed,
         "tau": choice.threshold,
         "pruned": len(choice.channels),
+        "CA_pruned": ca_pr,
+        "ASR_pruned": asr_pr,
+        "unlearned_toward": toward,
+        "unlearned": detection.target is not None,
+        "trigger_pixels": [t.mask_pixels for t in unl.triggers],
+        "CA_unlearned": ca_u,
+        "ASR_unlearned": asr_u,
+        "CA_decoy": ca_c,
+        "ASR_decoy": asr_c,
         "CA_purified": ca_p,
         "ASR_purified": asr_p,
         "CA_finetune": ft_ca,
@@ -161,7 +193,7 @@ def defend_all(models, data, args, start: float) -> None:
 
 
 def _p(v) -> str:
-    return f"{100 * v:5.1f}"
+    return "    -" if v is None else f"{100 * v:5.1f}"
 
 
 def verdicts(rows, variant: str, threshold: float) -> list[tuple[bool, int | None]]:
@@ -188,7 +220,8 @@ def print_table(rows, seconds: float, args) -> None:
         f"defense-acc drop {args.max_drop}; tau = highest pruned mask)"
     )
     head = ("model", "CA", "ASR", "ep", "ASRexp", "score", "tops", "verdict", "t/det", "tau",
-            "#pr", "CA_pur", "ASR_pur", "CA_ft", "ASR_ft", "CA_unexp", "ASR_unexp")  # fmt: skip
+            "#pr", "CA_prune", "ASR_prune", "unl>", "CA_unl", "ASR_unl", "CA_pur", "ASR_pur",
+            "CA_decoy", "ASR_decoy", "CA_ft", "ASR_ft", "CA_unexp", "ASR_unexp")  # fmt: skip
     print(" | ".join(head))
     flags = verdicts(rows, chosen, threshold)
     for r, (flagged, det) in zip(rows, flags, strict=True):
@@ -199,8 +232,13 @@ def print_table(rows, seconds: float, args) -> None:
             "/".join(str(e) for e in r["exposure_epochs"]), _p(r["ASR_exposed"]),
             f"{d['score']:.2f}", "/".join(str(t) for t in d["tops"]),
             "FLAG " if flagged else "clean", f"{tgt}/{'-' if det is None else det}",
-            f"{r['tau']:.2f}", f"{r['pruned']:3d}", _p(r["CA_purified"]),
-            _p(r["ASR_purified"]), _p(r["CA_finetune"]), _p(r["ASR_finetune"]),
+            f"{r['tau']:.2f}", f"{r['pruned']:3d}",
+            _p(r.get("CA_pruned", r["CA_purified"])), _p(r.get("ASR_pruned", r["ASR_purified"])),
+            str(r.get("unlearned_toward", "-")) + ("" if r.get("unlearned") else "*"),
+            _p(r.get("CA_unlearned")), _p(r.get("ASR_unlearned")),
+            _p(r["CA_purified"]), _p(r["ASR_purified"]),
+            _p(r.get("CA_decoy")), _p(r.get("ASR_decoy")),
+            _p(r["CA_finetune"]), _p(r["ASR_finetune"]),
             _p(r["CA_unexposed_masks"]), _p(r["ASR_unexposed_masks"]),
         ]))  # fmt: skip
     bad = [r for r in rows if r["backdoored"]]
@@ -224,9 +262,18 @@ def print_table(rows, seconds: float, args) -> None:
     false = sum(f for r, (f, _) in zip(rows, flags, strict=True) if not r["backdoored"])
     print(f"\n{chosen} at {threshold}: backdoored flagged with the right target {hits}/{len(bad)}; "
           f"clean flagged {false}/{len(good)}")  # fmt: skip
+    print("unl> = class unlearned toward (* = not flagged: purify keeps the pruned model; the "
+          "CA_unl/ASR_unl columns show what a false flag would cost); decoy = the same "
+          "unlearning with a random pattern under the recovered mask (control)")  # fmt: skip
     goal = [r for r in bad if r["ASR_purified"] < 0.10 and r["CA"] - r["CA_purified"] < 0.05]
     print(f"purified ASR < 10% with CA drop < 5 points: {len(goal)}/{len(bad)}")
-    for what in ("finetune", "unexposed_masks"):
+    drops = [r["CA"] - r["CA_purified"] for r in good]
+    if drops:
+        print(f"clean models: purify's CA drop {', '.join(f'{100 * d:.1f}' for d in drops)} "
+              "points")  # fmt: skip
+    for what in ("pruned", "decoy", "finetune", "unexposed_masks"):
+        if any(f"ASR_{what}" not in r for r in bad):
+            continue
         ok = [r for r in bad if r[f"ASR_{what}"] < 0.10 and r["CA"] - r[f"CA_{what}"] < 0.05]
         print(f"baseline {what}: ASR < 10% with CA drop < 5 points: {len(ok)}/{len(bad)}")
     print(f"total {seconds / 60:.1f} min")
