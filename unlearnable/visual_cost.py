@@ -59,29 +59,41 @@ def viewing_factor(height: int, width: int) -> int:
     return max(1, round(min(height, width) / VIEW_SIDE))
 
 
-def to_viewing_size(images: Tensor, factor: int) -> Tensor:
+def to_viewing_size(images: Tensor, factor: int, pictures: list | None = None) -> Tensor:
     """``(B, C, H, W)`` float in [0, 1] or uint8 -> float ``(B, C, H // factor, W // factor)``
     in [0, 1]: block means (the input itself for float images and ``factor`` 1). uint8 images
     are reduced in uint8 by Pillow (block means rounded to 1/255; no full-size float copy,
-    which is what makes a 6 MP photo cheap)."""
+    which is what makes a 6 MP photo cheap); ``pictures``: their Pillow images
+    (:func:`pillow_images`) when the caller made them already."""
     if images.dtype != torch.uint8:
         return images if factor == 1 else F.avg_pool2d(images.float(), factor)
     if factor == 1:  # contiguous (B, C, H, W), whatever the input's memory layout
         return torch.empty(images.shape).copy_(images).div_(255.0)
-    return torch.stack([_reduce_u8(image, factor) for image in images]).float().div_(255.0)
+    if pictures is None:
+        pictures = pillow_images(images)
+    _, _, height, width = images.shape
+    box = (0, 0, width // factor * factor, height // factor * factor)
+    return torch.stack([_reduce_picture(p, factor, box) for p in pictures]).float().div_(255.0)
 
 
-def _reduce_u8(image: Tensor, factor: int) -> Tensor:
-    """One uint8 ``(C, H, W)`` image -> uint8 ``(C, H // factor, W // factor)`` block means."""
-    import numpy as np
+def pillow_images(images: Tensor) -> list:
+    """uint8 ``(B, C, H, W)`` -> one Pillow image per image (``L`` or ``RGB``); images whose
+    channels are last in memory (decoded files) are not copied first."""
     from PIL import Image
 
-    channels, height, width = image.shape
-    hwc = np.ascontiguousarray(image.permute(1, 2, 0).numpy())
-    picture = Image.fromarray(hwc[..., 0] if channels == 1 else hwc)
-    box = (0, 0, width // factor * factor, height // factor * factor)
+    channels = images.shape[1]
+    pictures = []
+    for image in images:
+        hwc = np.ascontiguousarray(image.permute(1, 2, 0).numpy())
+        pictures.append(Image.fromarray(hwc[..., 0] if channels == 1 else hwc))
+    return pictures
+
+
+def _reduce_picture(picture, factor: int, box: tuple[int, int, int, int]) -> Tensor:
+    """uint8 ``(C, h, w)`` block means of ``factor`` x ``factor`` pixels of the Pillow image's
+    ``box`` (left, top, right, bottom; its sides multiples of ``factor``)."""
     reduced = np.asarray(picture.reduce(factor, box=box))
-    if channels == 1:
+    if reduced.ndim == 2:
         reduced = reduced[..., None]
     return torch.from_numpy(np.array(reduced)).permute(2, 0, 1)
 
@@ -302,11 +314,16 @@ def visual_cost_at_view(
     factor: int,
     max_shift: int = MAX_SHIFT,
     greys: tuple[Tensor, Tensor] | None = None,
+    original_pictures: list | None = None,
 ) -> Tensor:
     """:func:`visual_cost` when the viewing-size copies are already made (callers that also need
     them for other metrics pool once): ``*_view`` = :func:`to_viewing_size` of the full-size
     ``(B, C, H, W)`` images (float in [0, 1] or uint8) by ``factor``; ``greys``: their channel
-    means ``(B, H', W')`` when the caller has them. Returns float32 ``(B,)``."""
+    means ``(B, H', W')`` when the caller has them; ``original_pictures``: the Pillow images
+    of a uint8 ``original`` (:func:`pillow_images`) when the caller has them. ``protected``
+    is only sampled at full size (on a grid, to refine the shift), so a caller may pass
+    other full-size pixels of the same protected image than those ``protected_view`` was
+    made from (see :mod:`unlearnable.metrics`, metrics version 2). Returns float32 ``(B,)``."""
     _check_pair(original, protected)
     _check_pair(original_view, protected_view)
     _, _, hv, wv = original_view.shape
@@ -323,8 +340,18 @@ def visual_cost_at_view(
         raise ValueError(f"image too small for viewing factor {factor}: {tuple(original.shape)}")
     shifts = _refine(original, protected, coarse, factor, cut, size)
     top = cut * factor
-    window = _take_shifted(original, shifts, top, (size[0] * factor, size[1] * factor))
-    aligned = to_viewing_size(window, factor)
+    span = (size[0] * factor, size[1] * factor)
+    if original.dtype == torch.uint8:  # each image's shifted window, reduced by Pillow
+        if original_pictures is None:
+            original_pictures = pillow_images(original)
+        windows = [
+            (picture, (top + dx, top + dy, top + dx + span[1], top + dy + span[0]))
+            for picture, (dy, dx) in zip(original_pictures, shifts.tolist(), strict=True)
+        ]
+        reduced = [_reduce_picture(picture, factor, box) for picture, box in windows]
+        aligned = torch.stack(reduced).float().div_(255.0)
+    else:
+        aligned = to_viewing_size(_take_shifted(original, shifts, top, span), factor)
     reference = protected_view[..., cut : cut + size[0], cut : cut + size[1]]
     return (1.0 - ssim(aligned, reference)).clamp_min(0.0)
 
