@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import EXIT_FAILURES, UnlearnableError, UsageError
+from ..metrics import METRICS_VERSION, METRICS_VERSIONS
 from .atomic import is_temporary_name, remove_stale_temporaries
 from .discover import Discovery, discover_images
 from .executors import Executor, ProcessExecutor, SerialExecutor, default_workers
@@ -139,16 +140,28 @@ def run_manifest(
     job: FolderJob, options: OutputOptions, key_fingerprint: str, **extra: Any
 ) -> Manifest:
     """The (still empty) manifest of a run of ``job``: its method, the protector's parameters
-    with the output options, the key's fingerprint, labels and classes, and ``job``'s manifest
-    extras plus ``extra``."""
+    with the output options, the key's fingerprint, labels and classes, the metrics version
+    (:data:`~unlearnable.metrics.METRICS_VERSION`), and ``job``'s manifest extras plus
+    ``extra``."""
     return Manifest(
         method=job.protector.method,
         parameters={**job.protector.parameters(), "output": options.to_json()},
         key_fingerprint=key_fingerprint,
         label_mode=job.label_mode,
         classes=list(job.classes),
-        extra={**extra, **job.manifest_extra},
+        extra={"metrics_version": METRICS_VERSION, **extra, **job.manifest_extra},
     )
+
+
+def resumed_metrics_version(output_dir: Path, resume: bool) -> int:
+    """The metrics version of a run: on ``resume``, the one the earlier run in ``output_dir``
+    recorded (1 when it recorded none: it predates the versions), else the newest, so that
+    every record of a folder is measured the same way."""
+    earlier = earlier_run(output_dir) if resume else None
+    if earlier is None:
+        return METRICS_VERSION
+    version = earlier.extra.get("metrics_version", 1)
+    return version if version in METRICS_VERSIONS else METRICS_VERSION
 
 
 def run_folder(
@@ -179,6 +192,9 @@ def run_folder(
     protector = job.protector
     manifest = run_manifest(job, options, key_fingerprint)
     previous = _previous_records(output_dir, manifest, resume, job.run_files)
+    manifest.extra["metrics_version"] = metrics_version = resumed_metrics_version(
+        output_dir, resume
+    )
     class_index = {name: index for index, name in enumerate(job.classes)}
     clusters = job.clusters or {}
     records: dict[str, FileRecord] = {}
@@ -203,6 +219,7 @@ def run_folder(
     if isinstance(executor, ProcessExecutor) and executor.workers > 1:
         memory = MemoryGate.for_workers(executor.workers)
     context = WorkContext(input_dir, output_dir, protector, options, output_names, memory)
+    context.metrics_version = metrics_version
 
     return run_and_record(
         executor,

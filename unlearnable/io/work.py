@@ -26,7 +26,6 @@ pixel at its peak, so batches are capped at :data:`BATCH_PIXELS`; a batch of a l
 from __future__ import annotations
 
 import os
-import warnings
 from collections import defaultdict
 from collections.abc import Hashable
 from contextlib import nullcontext
@@ -39,7 +38,7 @@ import torch
 
 from ..errors import UsageError
 from ..imageops import to_pixels
-from ..metrics import quality
+from ..metrics import METRICS_VERSION
 from .atomic import atomic_write_bytes
 from .hashing import sha256_bytes
 from .images import (
@@ -47,12 +46,12 @@ from .images import (
     DecodedImage,
     ImageDecodeError,
     decode_image,
-    decode_pixels,
     encode_image,
     is_lossy,
     output_format,
 )
 from .manifest import FileRecord
+from .measure import written_quality
 from .memory import MemoryGate, batch_bytes
 
 # Images are protected in batches of at most this many pixels, which bounds a worker's memory
@@ -157,6 +156,9 @@ class WorkContext:
     :func:`unlearnable.protect.batch.protect_batch`'s images); None: read the files."""
     outputs: dict[str, bytes] | None = None
     """When set, outputs are collected here by output name instead of written as files."""
+    metrics_version: int = METRICS_VERSION
+    """How the files' quality is measured (:mod:`unlearnable.metrics`; a resumed run keeps
+    the version it started with)."""
 
     def read_input(self, path: str) -> bytes:
         """The input bytes of ``path`` (``OSError`` when unreadable)."""
@@ -323,16 +325,6 @@ def _shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
 
-def _tensor(array: np.ndarray) -> torch.Tensor:
-    """``torch.from_numpy`` that accepts read-only arrays (Pillow's) without a warning; the
-    tensor is only read."""
-    if array.flags.writeable:
-        return torch.from_numpy(array)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.from_numpy(array)
-
-
 def _encode_and_measure(
     context: WorkContext,
     plan: Hashable,
@@ -342,34 +334,36 @@ def _encode_and_measure(
     label_ids: torch.Tensor,
 ) -> list[_Written]:
     """Protect ``pixels`` uint8 ``(B, H, W, C)`` with ``plan``, encode each image, and measure
-    PSNR, SSIM and visual cost of the file as written (a lossy output is decoded again; a
-    lossless one is measured on the pixels themselves). The metrics compare uint8 images
-    (``originals_u8``: the same images, ``(B, C, H, W)``), so no full-size float copy is made
-    for them."""
+    PSNR, SSIM and visual cost of the file as written (:func:`~.measure.written_quality`: a
+    lossy output is read back, a lossless one is measured on the pixels themselves). The
+    metrics compare uint8 images (``originals_u8``: the same images, ``(B, C, H, W)``), so no
+    full-size float copy is made for them."""
     protected_u8 = protect_pixels(context.protector, pixels, label_ids, plan)  # (B, H, W, C)
     options = context.options
     results: list[_Written] = []
-    stored: list[np.ndarray] = []  # the pixels of each file as written
+    lossy: list[bool] = []
     for index, item in enumerate(items):
         image = item.image
-        stored.append(protected_u8[index])
         fmt = output_format(image.format, options.format)
         try:
             data = encode_image(protected_u8[index], image, fmt, options.quality, options.strip_gps)
         except (ImageDecodeError, OSError, ValueError) as exc:
             results.append(_Written(None, f"cannot encode output: {exc}"))
-            continue
-        if is_lossy(fmt, image):  # the metrics describe the file as written
-            stored[index] = decode_pixels(data, image.pixels.shape[2], (image.width, image.height))
-        results.append(_Written(data))
+        else:
+            results.append(_Written(data))
+        lossy.append(is_lossy(fmt, image))
     measured = [index for index, result in enumerate(results) if result.data is not None]
     if measured:
         kept = originals_u8
         if len(measured) < len(results):
             kept = kept[torch.tensor(measured)]
-        arrays = [stored[index] for index in measured]
-        written = _tensor(arrays[0][None] if len(arrays) == 1 else np.stack(arrays))
-        scores = quality(kept, written.permute(0, 3, 1, 2))
+        scores = written_quality(
+            kept,
+            [protected_u8[index] for index in measured],
+            [results[index].data for index in measured],  # type: ignore[misc]
+            [lossy[index] for index in measured],
+            context.metrics_version,
+        )
         values = zip(
             scores.psnr.tolist(), scores.ssim.tolist(), scores.visual_cost.tolist(), strict=True
         )
