@@ -25,12 +25,18 @@ per-round ratios (protect / floor).
 ``--threads`` (default: ``$OMP_NUM_THREADS`` or 1) sets torch's threads in this process; the
 workers always use one each. The table line gives the load average: on a shared machine the
 ratio, not the images/s, is the figure to compare.
+
+Worker start-up: the floor's workers import the tool's runner (and with it torch, about 1.5-3 s
+of CPU each on this machine) before their first file, as protect's workers do, so the ratio
+compares the per-file work. That start-up is a large part of a short run: on 40 photos it was
+about two thirds of the floor's time. ``--lean-floor`` also measures, in the same rounds, a
+floor whose workers import only Pillow (what a plain decode + encode script costs) and adds
+the ratio against it.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import shutil
 import statistics
@@ -41,56 +47,44 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# Only light imports at the top: spawned workers import this script again (see --lean-floor).
 from _data import cifar10_root  # noqa: E402
-
-from unlearnable import RunOptions, SecretKey, protect_directory  # noqa: E402
-from unlearnable.io.discover import discover_images  # noqa: E402
-from unlearnable.io.executors import default_workers  # noqa: E402
-from unlearnable.io.runner import chunk_tasks  # noqa: E402
-from unlearnable.io.work import Task  # noqa: E402
-from unlearnable.protect.api import DEFAULT_METHOD  # noqa: E402
-
-
-def _floor_chunk(args: tuple[Path, Path, list[str]]) -> int:
-    source, target, files = args
-    for rel in files:
-        data = (source / rel).read_bytes()
-        image = Image.open(io.BytesIO(data))
-        image.load()
-        options = {"quality": "keep"} if image.format == "JPEG" else {}
-        buffer = io.BytesIO()
-        image.save(buffer, format=image.format, **options)
-        out = target / rel
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_bytes(buffer.getvalue())
-    return len(files)
+from _floor import floor_chunk, tool_imports  # noqa: E402
 
 
 def runner_chunks(source: Path, files: list[str]) -> list[list[str]]:
     """The files in the runner's chunks (:func:`unlearnable.io.runner.chunk_tasks`)."""
+    from unlearnable.io.runner import chunk_tasks
+    from unlearnable.io.work import Task
+
     tasks = [Task(path, 0, "") for path in files]
     return [[task.path for task in chunk] for chunk in chunk_tasks(source, tasks)]
 
 
-def io_floor(source: Path, target: Path, files: list[str], workers: int) -> float:
+def io_floor(
+    source: Path, target: Path, files: list[str], workers: int, lean: bool = False
+) -> float:
+    """Seconds to decode, re-encode and write ``files`` in ``workers`` processes (in the
+    runner's chunks); the workers import the tool first unless ``lean``."""
     chunks = [(source, target, chunk) for chunk in runner_chunks(source, files)]
     start = time.perf_counter()
     if min(workers, len(chunks)) == 1:  # as the runner: no pool for a single chunk
         for chunk in chunks:
-            _floor_chunk(chunk)
+            floor_chunk(chunk)
     else:
         with ProcessPoolExecutor(
-            min(workers, len(chunks)), mp_context=get_context("spawn")
+            min(workers, len(chunks)),
+            mp_context=get_context("spawn"),
+            initializer=None if lean else tool_imports,
         ) as pool:
-            list(pool.map(_floor_chunk, chunks))
+            list(pool.map(floor_chunk, chunks))
     return time.perf_counter() - start
 
 
 def protect_time(source: Path, target: Path, workers: int, method: object) -> tuple[float, int]:
+    from unlearnable import RunOptions, SecretKey, protect_directory
+
     start = time.perf_counter()
     run = protect_directory(
         source, target, SecretKey(bytes(32)), method, RunOptions(workers=workers)
@@ -102,6 +96,8 @@ def protect_time(source: Path, target: Path, workers: int, method: object) -> tu
 
 def subset(root: Path, limit: int | None, scratch: Path) -> Path:
     """``root`` itself, or a folder of symlinks to its first ``limit`` files (per sorted order)."""
+    from unlearnable.io.discover import discover_images
+
     if limit is None:
         return root
     files = discover_images(root).files[:limit]
@@ -113,6 +109,9 @@ def subset(root: Path, limit: int | None, scratch: Path) -> Path:
 
 
 def make_photos(folder: Path, count: int, width: int, height: int) -> Path:
+    import numpy as np
+    from PIL import Image
+
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     for i in range(count):
@@ -140,25 +139,38 @@ def measure(
     scratch: Path,
     rounds: int,
     methods: list[tuple[str, object]],
+    lean: bool = False,
 ) -> list[dict]:
-    """Interleaved rounds (floor, then each ``(label, method)``); per method the medians of
-    images/s and of the per-round ratio against the same round's floor."""
+    """Interleaved rounds (floor, the lean floor when ``lean``, then each ``(label,
+    method)``); per method the medians of images/s and of the per-round ratio against the same
+    round's floor (and lean floor)."""
+    from unlearnable.io.discover import discover_images
+
     files = discover_images(source).files
     floor_dir, protect_dir = scratch / f"{name}-floor", scratch / f"{name}-protect"
     floors: list[float] = []
+    lean_floors: list[float] = []
     protects: dict[str, list[float]] = {label: [] for label, _ in methods}
     ratios: dict[str, list[float]] = {label: [] for label, _ in methods}
+    lean_ratios: dict[str, list[float]] = {label: [] for label, _ in methods}
     seconds: dict[str, list[float]] = {label: [] for label, _ in methods}
     for index in range(rounds):
         floor_s = io_floor(source, floor_dir, files, workers)
         _clean(floor_dir)
         floors.append(len(files) / floor_s)
         line = f"{name} round {index + 1}/{rounds}: floor {floors[-1]:.1f} img/s ({floor_s:.1f} s)"
+        if lean:
+            lean_s = io_floor(source, floor_dir, files, workers, lean=True)
+            _clean(floor_dir)
+            lean_floors.append(len(files) / lean_s)
+            line += f", lean floor {lean_floors[-1]:.1f} img/s ({lean_s:.1f} s)"
         for label, method in methods:
             protect_s, done = protect_time(source, protect_dir, workers, method)
             _clean(protect_dir)
             protects[label].append(done / protect_s)
             ratios[label].append(protects[label][-1] / floors[-1])
+            if lean:
+                lean_ratios[label].append(protects[label][-1] / lean_floors[-1])
             seconds[label].append(protect_s)
             line += (
                 f", {label} {protects[label][-1]:.1f} img/s ({protect_s:.1f} s) "
@@ -174,6 +186,8 @@ def measure(
             "ratio": statistics.median(ratios[label]),
             "ratio_range": (min(ratios[label]), max(ratios[label])),
             "protect_s": statistics.median(seconds[label]),
+            "lean_floor": statistics.median(lean_floors) if lean else None,
+            "lean_ratio": statistics.median(lean_ratios[label]) if lean else None,
         }
         for label, _ in methods
     ]
@@ -189,11 +203,16 @@ def main() -> None:
     )
     parser.add_argument("--photos", type=int, default=40, help="number of large photos (0: skip)")
     parser.add_argument("--photo-size", default="3000x2000", help="WIDTHxHEIGHT of the photos")
-    parser.add_argument("--workers", type=int, default=default_workers())
+    parser.add_argument("--workers", type=int, default=None, help="default: the tool's default")
     parser.add_argument("--skip-cifar", action="store_true")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
     parser.add_argument(
-        "--method", default=DEFAULT_METHOD, help=f"registered method (default {DEFAULT_METHOD})"
+        "--method", default=None, help="registered method (default: the tool's default method)"
+    )
+    parser.add_argument(
+        "--lean-floor",
+        action="store_true",
+        help="also measure a floor whose workers import only Pillow, and the ratio against it",
     )
     parser.add_argument(
         "--stack-version",
@@ -210,7 +229,14 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
+    from unlearnable.io.executors import default_workers
+    from unlearnable.protect.api import DEFAULT_METHOD
+
+    if args.workers is None:
+        args.workers = default_workers()
+
     torch.set_num_threads(args.threads)
+    args.method = args.method or DEFAULT_METHOD
     methods: list[tuple[str, object]] = [(args.method, args.method)]
     if args.stack_version is not None:
         if args.method != "photo":
@@ -229,27 +255,39 @@ def main() -> None:
             train = cifar10_root(args.data) / "train"
             source = subset(train, args.limit, scratch)
             rows += measure(
-                "cifar10-train-jpeg", source, args.workers, scratch, args.rounds, methods
+                "cifar10-train-jpeg",
+                source,
+                args.workers,
+                scratch,
+                args.rounds,
+                methods,
+                args.lean_floor,
             )
         if args.photos:
             photos = make_photos(scratch / "photos-src", args.photos, width, height)
             name = f"photos-{args.photo_size}-jpeg"
-            rows += measure(name, photos, args.workers, scratch, args.rounds, methods)
+            rows += measure(
+                name, photos, args.workers, scratch, args.rounds, methods, args.lean_floor
+            )
 
     print(
         f"\nprotect throughput, method {label}, workers={args.workers}, "
         f"cpu cores={os.cpu_count()}, load average {os.getloadavg()[0]:.1f}, "
         f"median of {args.rounds} interleaved rounds"
     )
+    lean = f"{'lean floor':>12}{'lean ratio':>12}" if args.lean_floor else ""
     print(
         f"{'dataset':<40}{'files':>8}{'floor img/s':>13}{'protect img/s':>15}{'ratio':>8}"
-        f"{'ratio range':>14}{'protect s':>11}"
+        f"{'ratio range':>14}{'protect s':>11}{lean}"
     )
     for row in rows:
         low, high = row["ratio_range"]
+        extra = ""
+        if args.lean_floor:
+            extra = f"{row['lean_floor']:>12.1f}{row['lean_ratio']:>12.2f}"
         print(
             f"{row['name']:<40}{row['files']:>8}{row['floor']:>13.1f}{row['protect']:>15.1f}"
-            f"{row['ratio']:>8.2f}{f'{low:.2f}-{high:.2f}':>14}{row['protect_s']:>11.1f}"
+            f"{row['ratio']:>8.2f}{f'{low:.2f}-{high:.2f}':>14}{row['protect_s']:>11.1f}{extra}"
         )
 
 
