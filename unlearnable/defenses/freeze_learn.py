@@ -24,6 +24,18 @@ changed.
      clipped to ``[-1, 1]``; then ``θ += D·(m_new - m_old)``. The sigmoid's derivative is left
      out of the step so that saturated scores can still move back (the paper's step includes
      it; its mask learning rate is model-specific, see the dossier, §2.8.5).
+   Two options the paper does not have:
+
+   * ``tie_norm`` (channel level): output channel j of a convolution and channel j (γ_j, β_j)
+     of the BatchNorm after it are one group (dossier §2.7 item 1), instead of three;
+   * ``reset_interval``: learn against a *fresh* user. The simulated user starts from θ_pre
+     (no relearning) and is put back to θ_pre (head and buffers included) after every
+     ``reset_interval`` user steps, so the mask steps see the trajectory of a user who starts
+     from the release, not of one who continues from θ_ft. ``D`` of a frozen group would stay
+     about 0 on such a trajectory, so the hypergradient uses each group's would-be
+     displacement (the user's unmasked SGD steps since the reset) instead, scaled by a running
+     mean of its spread.
+
 4. **Binarize**: ``"top-k"`` freezes the ``round(ratio · groups)`` groups with the highest
    scores (the frozen share of groups is exactly the target), ``"threshold"`` those with
    ``m > 0.5``.
@@ -63,6 +75,7 @@ from .freeze_steps import (
     binarize,
     cycle,
     pair_loss,
+    tied_families,
 )
 
 BINARIZE = ("top-k", "threshold")
@@ -85,6 +98,11 @@ class FreezeConfig:
     * ``relearn_epochs`` / ``relearn_lr``: full fine-tuning on both domains first (AdamW).
     * ``binarize``: ``"top-k"`` or ``"threshold"``.
     * ``accumulate``, ``grad_clip``: of the user steps (see :class:`FitConfig`).
+    * ``tie_norm``: channel level only; one group per convolution output channel together with
+      the following BatchNorm's γ_j and β_j (:func:`~.freeze_steps.tied_families`).
+    * ``reset_interval``: 0 (the paper): the simulated user continues from θ_ft; n > 0: a fresh
+      user, started at θ_pre and put back there after every n user steps (see the module
+      docstring; relearning and ``start_from`` are then not used).
     * ``seed``, ``device``.
     """
 
@@ -103,6 +121,8 @@ class FreezeConfig:
     binarize: str = "top-k"
     accumulate: int = 1
     grad_clip: float | None = None
+    tie_norm: bool = False
+    reset_interval: int = 0
     seed: int = 0
     device: str = "cpu"
 
@@ -124,6 +144,10 @@ class FreezeConfig:
                 raise UsageError(f"{name} must be >= 1")
         if self.relearn_epochs < 0:
             raise UsageError("relearn_epochs must be >= 0")
+        if self.reset_interval < 0:
+            raise UsageError("reset_interval must be >= 0 (0: never reset)")
+        if self.tie_norm and self.level != "channel":
+            raise UsageError("tie_norm joins output channels: it needs level='channel'")
         for name in ("user_lr", "mask_lr", "temperature", "relearn_lr"):
             if not getattr(self, name) > 0:
                 raise UsageError(f"{name} must be > 0")
@@ -243,23 +267,34 @@ def learn_freeze_mask(
         release
     ):
         raise UsageError("start_from must have the architecture of the released model")
-    if config.relearn_epochs and start_from is None:
+    fresh = None
+    if config.reset_interval:  # a fresh user: start at θ_pre, back there every reset_interval
+        root.load_state_dict(release.state_dict())  # copied into the fp32 working tensors
+        fresh = (root, {k: v.detach().clone() for k, v in root.state_dict().items()})
+    elif config.relearn_epochs and start_from is None:
         relearn_history = _relearn(work, illegal, legal, adapter, config, user_filter)
 
     release_params = dict(release.named_parameters())
+    names = [n for n, _ in maskable]
+    families = None
+    if config.tie_norm:
+        position = {n: k for k, n in enumerate(names)}
+        families = [[position[n] for n in f] for f in tied_families(root, names)]
     masks = MaskState(
         maskable,
-        [release_params[n].detach().to(device, torch.float32).clone() for n, _ in maskable],
+        [release_params[n].detach().to(device, torch.float32).clone() for n in names],
         config.level,
         config.temperature,
         stream_generator(config.seed, "mask-init"),
+        families=families,
+        fresh=fresh is not None,
     )
     masks.start()
     users = pair_source("user")
     per_epoch = max(len(users), 1)
     batches_needed = config.steps * config.accumulate
     epochs = math.ceil(batches_needed / per_epoch) + 1
-    stepper = MaskSteps(masks, adapter, cycle(pair_source("mask")), config, progress)
+    stepper = MaskSteps(masks, adapter, cycle(pair_source("mask")), config, progress, fresh)
     history = fit(
         work,
         users,
@@ -277,7 +312,8 @@ def learn_freeze_mask(
     )
     frozen = binarize(masks, config)
     scores = {
-        n: tuple(float(v) for v in s.cpu()) for n, s in zip(masks.names, masks.scores, strict=True)
+        n: tuple(float(v) for v in masks.scores[masks.family_of[i]].cpu())
+        for i, n in enumerate(masks.names)
     }
     meta = {
         "method": "FreezeAsGuard (Huang et al., MobiCom 2025)",
@@ -287,6 +323,7 @@ def learn_freeze_mask(
         "legal_items": adapter.size(legal),
         "mask_steps": len(stepper.rows),
         "user_steps": stepper.user_steps,
+        "resets": stepper.resets,
         "final": stepper.rows[-1] if stepper.rows else {},
     }
     mask = build_mask(
