@@ -2,8 +2,9 @@
 random or largest-change masks, at a small cost to legal fine-tuning?
 
 The CPU plan of the dossier (``../shared/research/methods-defend.md``, "FreezeAsGuard on CPU"),
-scaled to one thread of a shared 2-core machine (the default run took 15.5 minutes under load;
-``--scenario similar --ratios 0.2,0.4`` about 8):
+scaled to one thread of a shared 2-core machine (``--ratios 0.2,0.4 --variants fresh
+--strong-factor 0 --head-ratios ""`` takes about 8 minutes; the default run, with four ratios, the
+strong user and the head-maskable masks, about 15):
 
 1. θ_pre: small-cnn (10 outputs) trained on the scenario's pretraining classes only
    (``--pretrain-per-class`` images, ``--pretrain-epochs``); the other outputs are never
@@ -12,13 +13,19 @@ scaled to one thread of a shared 2-core machine (the default run took 15.5 minut
 2. Scenarios (``--scenario``):
    ``dissimilar`` (the issue's): pretrain on 4-9, illegal = {airplane, automobile}, legal =
    {bird, cat}; ``similar`` (stress test): pretrain on {airplane, automobile, deer, frog, ship,
-   truck}, illegal = {cat, dog}, legal = {bird, horse} (both animal pairs).
+   truck}, illegal = {cat, dog}, legal = {bird, horse} (both animal pairs); ``animals``: the
+   issue's pairs, but θ_pre sees only deer/dog/frog/horse (no ship or truck, whose features
+   already separate airplanes from automobiles: more room for a mask).
    Disjoint splits per class: the first ``--publisher`` training images (mask learning) and the
    next ``--user`` (the users' fine-tuning); tests on the first ``--test`` test images.
 3. θ_ft: θ_pre fully fine-tuned on the publisher's illegal + legal images (shared by every
    learned mask). Masks at each ``--ratios`` and ``--levels`` (``channel``: one group per output
    channel of every tensor; ``tensor``: one per tensor; the head is always trainable):
-   learned (FreezeAsGuard), random (``--random-seeds`` seeds, same number of groups), largest
+   learned (FreezeAsGuard; ``--variants``: ``paper`` (the simulated user continues from
+   θ_ft), ``tied`` (conv channel j with BN γ_j, β_j as one group), ``fresh`` (the simulated
+   user starts at θ_pre and is reset there every ``--reset-interval`` steps, SGD
+   ``--fresh-lr-sim``, ``--fresh-steps``), ``fresh-tied``; tied variants get tied baselines),
+   random (``--random-seeds`` seeds, same number of groups), largest
    change (the groups with the largest ``||θ_ft - θ_pre|| / sqrt(numel)``), "matched random"
    (``--matched-seeds``: random channels, as many per tensor as the learned mask froze: does
    *which* channels matter?), no freezing, and "all frozen" (only the head trains: about the
@@ -30,15 +37,17 @@ scaled to one thread of a shared 2-core machine (the default run took 15.5 minut
    bit-identical afterwards), with a trainable head (a user can always attach or relabel one),
    any data of their own and their own recipe: AdamW, weight decay 0.01, ``--user-epochs``
    at ``--user-lr``, 4-way readout over classes 0-3 (a) on illegal data only, (b) on legal
-   data only. Accuracy is the pair accuracy (chance 50%). mitigation = 1 - Acc_ill(mask) /
+   data only. Accuracy is the pair accuracy (chance 50%) on ``--test`` images per class (1000,
+   all of CIFAR-10's: 2 SE of a mitigation difference about 0.023). mitigation = 1 - Acc_ill(mask) /
    Acc_ill(no freezing), legal impact = 1 - Acc_leg(mask) / Acc_leg(no freezing). A stronger
    user (``--strong-factor`` x epochs, ``--strong-lr``) repeats the illegal fine-tuning for the
    learned and largest-change masks, no freezing and all frozen. The user never sees the
    publisher's images.
 
 Goal (issue 10): the learned mask beats random and largest-change masks on mitigation at equal
-legal impact, with legal impact under 10%. The verdict line also compares with the matched random masks and calls a
-margin under two standard errors of the test accuracy noise. CIFAR-10 is by Krizhevsky (2009). These files are
+legal impact, with legal impact under 10%. The verdict line also compares with the matched
+random masks, calls a margin under two standard errors of the test accuracy noise, and shows the
+head-only ceiling (the most a mask could mitigate). CIFAR-10 is by Krizhevsky (2009). These files are
 JPEG (q~75) and the sets are small: compare masks with each other, not with the paper.
 
     OMP_NUM_THREADS=1 flock /tmp/lane-b.lock nice -n 5 python benchmarks/freeze_cifar10.py
@@ -50,144 +59,38 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import json
 import math
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _data import cifar10_root  # noqa: E402
+from _freeze_data import CLASSES, load_split, log, pretrain  # noqa: E402
+from _freeze_groups import (  # noqa: E402
+    count,
+    families_of,
+    group_sizes,
+    largest_change,
+    matched_random,
+    random_groups,
+)
 
-CLASSES = (
-    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
-)  # fmt: skip
+VARIANTS = {  # learned-mask variants: FreezeConfig changes (see freeze_learn)
+    "paper": {},  # the simulated user continues from θ_ft
+    "tied": {"tie_norm": True},  # conv channel j + BN γ_j, β_j as one group
+    "fresh": {"reset_interval": None},  # a fresh user from θ_pre, reset every --reset-interval
+    "fresh-tied": {"reset_interval": None, "tie_norm": True},
+}
 SCENARIOS = {  # name: (pretraining classes, illegal pair, legal pair)
     "dissimilar": ((4, 5, 6, 7, 8, 9), (0, 1), (2, 3)),
     "similar": ((0, 1, 4, 6, 8, 9), (3, 5), (2, 7)),
+    "animals": ((4, 5, 6, 7), (0, 1), (2, 3)),  # the issue's pairs, no vehicles pretrained
 }
-CACHE = Path.home() / ".cache" / "unlearnable" / "freeze-cifar10"
-
-T0 = time.perf_counter()
-
-
-def log(message: str) -> None:
-    print(f"[{time.perf_counter() - T0:7.1f} s] {message}", flush=True)
-
-
-def class_images(root: Path, split: str, c: int, count: int) -> torch.Tensor:
-    """uint8 (count, 3, 32, 32): the first ``count`` files of class ``c`` (decoded once and
-    cached as a tensor file)."""
-    from unlearnable.imageops import square_rgb, to_uint8
-    from unlearnable.io.images import decode_image
-
-    cached = CACHE / f"{split}-{CLASSES[c]}-{count}.pt"
-    if cached.exists():
-        return torch.load(cached, weights_only=True)
-    files = sorted((root / split / CLASSES[c]).iterdir())[:count]
-    images = torch.stack([
-        to_uint8(square_rgb(decode_image(f.read_bytes()).pixels, 32)) for f in files
-    ])  # fmt: skip
-    CACHE.mkdir(parents=True, exist_ok=True)
-    torch.save(images, cached)
-    return images
-
-
-def load_split(root: Path, split: str, classes, start: int, count: int):
-    """ClassificationData: files start..start+count of each class."""
-    from unlearnable.defenses.freeze import ClassificationData
-
-    images = [class_images(root, split, c, start + count)[start:] for c in classes]
-    labels = [torch.full((count,), c, dtype=torch.long) for c in classes]
-    return ClassificationData(torch.cat(images), torch.cat(labels))
-
-
-def pretrain(root: Path, classes, args):
-    """θ_pre trained on ``classes`` (cached in ``CACHE/models``) and its test accuracy."""
-    from unlearnable.checkpoints import ModelSpec, load_model, save_model
-    from unlearnable.defenses.freeze import ClassificationAdapter
-    from unlearnable.models import build_victim
-    from unlearnable.training import FitConfig, fit, stream_generator
-
-    recipe = f"small-cnn|{classes}|{args.pretrain_per_class}|{args.pretrain_epochs}|{args.seed}"
-    key = hashlib.sha256(recipe.encode()).hexdigest()[:12]
-    folder = CACHE / "models" / f"pretrain-{key}"
-    if (folder / "model.json").exists():
-        loaded = load_model(folder)
-        log(f"θ_pre from the cache {folder}")
-        return loaded.module.train(False), float(loaded.spec.metadata["test_acc"])
-    train = load_split(root, "train", classes, 0, args.pretrain_per_class)
-    model = build_victim("small-cnn", 10, 32, seed=args.seed)
-    adapter = ClassificationAdapter(readout=classes)
-    batches = adapter.batches(train, 64, torch.device("cpu"), stream_generator(args.seed, "pre"))
-    fit(
-        model,
-        batches,
-        adapter.loss,
-        lambda ps: torch.optim.AdamW(ps, lr=2e-3, weight_decay=5e-4),
-        FitConfig(epochs=args.pretrain_epochs, seed=args.seed),
-    )
-    model.train(False)
-    test = load_split(root, "test", classes, 0, args.test)
-    acc = adapter.evaluate(model, test, torch.device("cpu"))["acc"]
-    spec = ModelSpec(classes=CLASSES, input_size=32, arch="small-cnn",
-                     metadata={"recipe": recipe, "test_acc": acc})  # fmt: skip
-    save_model(model, folder, spec)
-    log(f"θ_pre trained and cached in {folder}")
-    return model, acc
-
-
-def group_sizes(model, names, level):
-    params = dict(model.named_parameters())
-    return {
-        n: 1 if level == "tensor" or params[n].dim() == 0 else params[n].shape[0] for n in names
-    }
-
-
-def pick_groups(chosen: list[tuple[str, int]], level: str) -> dict:
-    """``{name: None}`` (tensor level) or ``{name: channels}`` from ``(name, group)`` pairs."""
-    if level == "tensor":
-        return dict.fromkeys(n for n, _ in chosen)
-    frozen: dict[str, list[int]] = {}
-    for n, g in chosen:
-        frozen.setdefault(n, []).append(g)
-    return {n: tuple(sorted(c)) for n, c in frozen.items()}
-
-
-def largest_change(pre, ft, sizes, level, k):
-    """The ``k`` groups with the largest RMS change from θ_pre to θ_ft."""
-    p_pre, p_ft = dict(pre.named_parameters()), dict(ft.named_parameters())
-    scored = []
-    for n, groups in sizes.items():
-        delta = (p_ft[n].detach() - p_pre[n].detach()).reshape(groups, -1)
-        rms = delta.norm(dim=1) / math.sqrt(delta.shape[1])
-        scored += [(float(r), n, g) for g, r in enumerate(rms)]
-    scored.sort(key=lambda t: -t[0])
-    return pick_groups([(n, g) for _, n, g in scored[:k]], level)
-
-
-def random_groups(sizes, level, k, seed):
-    every = [(n, g) for n, groups in sizes.items() for g in range(groups)]
-    order = torch.randperm(len(every), generator=torch.Generator().manual_seed(seed))
-    return pick_groups([every[i] for i in order[:k].tolist()], level)
-
-
-def matched_random(mask, sizes, level, seed):
-    """Random groups with the learned mask's number of frozen groups in every tensor (tests
-    whether *which* channels matter, beyond how many per tensor)."""
-    if level == "tensor":
-        return None
-    g = torch.Generator().manual_seed(seed)
-    frozen = {}
-    for n, channels in mask.frozen.items():
-        count = sizes[n] if channels is None else len(channels)
-        frozen[n] = tuple(sorted(torch.randperm(sizes[n], generator=g)[:count].tolist()))
-    return frozen
 
 
 def main() -> None:  # noqa: PLR0915
@@ -200,7 +103,7 @@ def main() -> None:  # noqa: PLR0915
     parser.add_argument("--pretrain-epochs", type=int, default=6)
     parser.add_argument("--publisher", type=int, default=200, help="images per class")
     parser.add_argument("--user", type=int, default=300, help="images per class")
-    parser.add_argument("--test", type=int, default=300, help="test images per class")
+    parser.add_argument("--test", type=int, default=1000, help="test images per class")
     parser.add_argument("--ratios", default="0.1,0.2,0.3,0.4")
     parser.add_argument("--levels", default="channel", help="channel and/or tensor, comma list")
     parser.add_argument("--relearn-epochs", type=int, default=4)
@@ -209,11 +112,18 @@ def main() -> None:  # noqa: PLR0915
     parser.add_argument("--user-lr-sim", type=float, default=0.01, help="simulated user's SGD lr")
     parser.add_argument("--mask-lr", type=float, default=0.05)
     parser.add_argument("--penalty", type=float, default=10.0)
+    parser.add_argument(
+        "--variants", default="paper", help=f"learned masks, comma list of {', '.join(VARIANTS)}"
+    )
+    parser.add_argument("--reset-interval", type=int, default=200, help="fresh variants")
+    parser.add_argument("--fresh-steps", type=int, default=600, help="fresh variants")
+    parser.add_argument("--fresh-lr-sim", type=float, default=0.1, help="fresh variants")
     parser.add_argument("--user-epochs", type=int, default=6)
     parser.add_argument("--user-lr", type=float, default=1e-3)
-    parser.add_argument("--strong-factor", type=int, default=5)
+    parser.add_argument("--strong-factor", type=int, default=5, help="0: no strong user")
     parser.add_argument("--strong-lr", type=float, default=3e-3)
     parser.add_argument("--random-seeds", type=int, default=3)
+    parser.add_argument("--mask-seeds", type=int, default=1, help="learned masks per variant")
     parser.add_argument(
         "--strong-baselines", action="store_true", help="strong user for random masks too"
     )
@@ -248,7 +158,7 @@ def main() -> None:  # noqa: PLR0915
     pre_classes, illegal, legal = SCENARIOS[args.scenario]
     readout = illegal + legal
     root = cifar10_root(args.data)
-    ratios = [float(r) for r in args.ratios.split(",")]
+    ratios = [float(r) for r in args.ratios.split(",") if r.strip()]  # none: baselines only
     levels = [lv.strip() for lv in args.levels.split(",") if lv.strip()]
     pub_ill = load_split(root, "train", illegal, 0, args.publisher)
     pub_leg = load_split(root, "train", legal, 0, args.publisher)
@@ -259,7 +169,7 @@ def main() -> None:  # noqa: PLR0915
     log(f"data from {root} ({args.threads} thread(s))")
 
     pre, acc_pre = pretrain(root, pre_classes, args)
-    log(f"θ_pre: pretraining classes test accuracy {100 * acc_pre:.1f}% (6-way)")
+    log(f"θ_pre: pretraining classes test accuracy {100 * acc_pre:.1f}% ({len(pre_classes)}-way)")
 
     adapter = ClassificationAdapter(readout=readout)
     base = FreezeConfig(
@@ -291,16 +201,21 @@ def main() -> None:  # noqa: PLR0915
     def evaluate(mask, strong=False):
         ill = user_accuracy(mask, user_ill, test_ill, illegal)
         leg = user_accuracy(mask, user_leg, test_leg, legal)
+        strong = strong and args.strong_factor > 0
         hard = user_accuracy(mask, user_ill, test_ill, illegal, strong=True) if strong else None
         return ill, leg, hard
+
+    def pct(value):
+        return "-" if value is None else f"{100 * value:.1f}%"
 
     none_mask = build_mask(pre, [], excluded=excluded)
     full_ill, full_leg, strong_full = evaluate(none_mask, strong=True)
     log(f"no freezing: illegal {100 * full_ill:.1f}%, legal {100 * full_leg:.1f}%, "
-        f"strong-user illegal {100 * strong_full:.1f}%")  # fmt: skip
+        f"strong-user illegal {pct(strong_full)}")  # fmt: skip
     all_ill, all_leg, strong_all = evaluate(build_mask(pre, maskable, excluded=excluded), True)
+    ceiling = 1 - all_ill / full_ill
     log(f"all frozen (head only): illegal {100 * all_ill:.1f}%, legal {100 * all_leg:.1f}%, "
-        f"strong-user illegal {100 * strong_all:.1f}%")  # fmt: skip
+        f"strong-user illegal {pct(strong_all)}")  # fmt: skip
 
     rows = []
 
@@ -341,39 +256,59 @@ def main() -> None:  # noqa: PLR0915
             f"{100 * statistics.mean(entry['reverted_ill']):.1f}% legal "
             f"{100 * statistics.mean(entry['reverted_leg']):.1f}%")  # fmt: skip
 
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        parser.error(f"--variants: unknown {unknown}; choose from {', '.join(VARIANTS)}")
     for level in levels:
         sizes = group_sizes(pre, maskable, level)
-        total_groups = sum(sizes.values())
         for ratio in ratios:
-            config = FreezeConfig(**{**base.__dict__, "ratio": ratio, "level": level})
-            result = learn_freeze_mask(pre, pub_ill, pub_leg, adapter, config, start_from=ft)
-            final = result.rows[-1]
-            mask = result.mask
-            per_tensor = {n: (len(c) if c is not None else sizes[n]) for n, c in
-                          mask.frozen.items()}  # fmt: skip
-            log(f"{level} ρ={ratio}: learned in {result.seconds:.0f} s, soft mean "
-                f"{final['mask_mean']:.3f}, frozen groups per tensor {per_tensor}")  # fmt: skip
-            k = round(ratio * total_groups)
-            row(level, ratio, "learned", [mask], strong_first=True)
-            change = largest_change(pre, ft, sizes, level, k)
-            row(
-                level,
-                ratio,
-                "largest change",
-                [build_mask(pre, change, level=level, excluded=excluded)],
-                strong_first=True,
-            )
-            randoms = [
-                build_mask(pre, random_groups(sizes, level, k, 1000 + s), level=level,
-                           excluded=excluded)
-                for s in range(args.random_seeds)
-            ]  # fmt: skip
-            row(level, ratio, f"random x{args.random_seeds}", randoms)
-            matched = [matched_random(mask, sizes, level, 2000 + s)
-                       for s in range(args.matched_seeds)]  # fmt: skip
-            if level == "channel" and matched:
-                masks = [build_mask(pre, m, level=level, excluded=excluded) for m in matched]
-                row(level, ratio, f"matched random x{len(masks)}", masks)
+            baselines_done = set()
+            for variant in variants:
+                change = dict(VARIANTS[variant])
+                tied = bool(change.get("tie_norm"))
+                if tied and level != "channel":
+                    continue
+                if "reset_interval" in change:
+                    change["reset_interval"] = args.reset_interval
+                    change["steps"] = args.fresh_steps
+                    change["user_lr"] = args.fresh_lr_sim
+                config = FreezeConfig(**{**base.__dict__, "ratio": ratio, "level": level,
+                                         **change})  # fmt: skip
+                learned = []  # one mask per mask-learning seed (the rest is unchanged)
+                for j in range(args.mask_seeds):
+                    seeded = FreezeConfig(**{**config.__dict__, "seed": args.seed + j})
+                    result = learn_freeze_mask(pre, pub_ill, pub_leg, adapter, seeded,
+                                               start_from=ft)  # fmt: skip
+                    learned.append(result.mask)
+                final = result.rows[-1]
+                mask = learned[0]
+                per_tensor = {n: (len(c) if c is not None else sizes[n]) for n, c in
+                              mask.frozen.items()}  # fmt: skip
+                log(f"{level} ρ={ratio} {variant}: learned in {result.seconds:.0f} s, soft "
+                    f"mean {final['mask_mean']:.3f}, frozen groups per tensor {per_tensor}")  # fmt: skip
+                families = families_of(pre, maskable, tied)
+                k = round(ratio * count(families, sizes))
+                suffix = " (tied)" if tied else ""
+                shown = f" x{len(learned)}" if len(learned) > 1 else ""
+                row(level, ratio, f"learned {variant}{shown}", learned, strong_first=True)
+                if tied not in baselines_done:  # one set of baselines per kind of group
+                    baselines_done.add(tied)
+                    picked = largest_change(pre, ft, families, sizes, level, k)
+                    row(level, ratio, f"largest change{suffix}",
+                        [build_mask(pre, picked, level=level, excluded=excluded)],
+                        strong_first=True)  # fmt: skip
+                    randoms = [
+                        build_mask(pre, random_groups(families, sizes, level, k, 1000 + s),
+                                   level=level, excluded=excluded)
+                        for s in range(args.random_seeds)
+                    ]  # fmt: skip
+                    row(level, ratio, f"random{suffix} x{args.random_seeds}", randoms)
+                matched = [matched_random(mask, families, sizes, level, 2000 + s)
+                           for s in range(args.matched_seeds)]  # fmt: skip
+                if level == "channel" and matched:
+                    masks = [build_mask(pre, m, level=level, excluded=excluded) for m in matched]
+                    row(level, ratio, f"matched random {variant} x{len(masks)}", masks)
 
     head_rows = []
     for ratio in [float(r) for r in args.head_ratios.split(",") if r.strip()]:
@@ -424,16 +359,18 @@ def main() -> None:  # noqa: PLR0915
         f"publisher {args.publisher}/class, user {args.user}/class (disjoint), test "
         f"{args.test}/class; {len(maskable)} maskable tensors (head excluded); mask learning "
         f"{args.steps} user steps (SGD {args.user_lr_sim}), mask lr {args.mask_lr}, penalty "
-        f"{args.penalty}; users: AdamW {args.user_lr}, {args.user_epochs} epochs, batch 32; "
+        f"{args.penalty}; fresh variants: {args.fresh_steps} steps (SGD {args.fresh_lr_sim}), "
+        f"reset every {args.reset_interval}; users: AdamW {args.user_lr}, {args.user_epochs} epochs, batch 32; "
         f"strong user: {args.strong_factor}x epochs, lr {args.strong_lr}. Pair accuracy, "
         f"chance 50%. θ_ft: illegal {100 * ft_ill:.1f}%, legal {100 * ft_leg:.1f}%."
     )
+    strong_ceiling = "-" if strong_all is None else f"{1 - strong_all / strong_full:+.3f}"
     print(
         f"no freezing: illegal {100 * full_ill:.1f}%, legal {100 * full_leg:.1f}%, strong "
-        f"illegal {100 * strong_full:.1f}%. All maskable tensors frozen (only the head trains): "
-        f"illegal {100 * all_ill:.1f}% (mitigation {1 - all_ill / full_ill:+.3f}), legal "
+        f"illegal {pct(strong_full)}. All maskable tensors frozen (only the head trains): "
+        f"illegal {100 * all_ill:.1f}% (mitigation {ceiling:+.3f}), legal "
         f"{100 * all_leg:.1f}% (impact {1 - all_leg / full_leg:+.3f}), strong illegal "
-        f"{100 * strong_all:.1f}% (mitigation {1 - strong_all / strong_full:+.3f})"
+        f"{pct(strong_all)} (mitigation {strong_ceiling})"
     )
     print(
         "| level | ρ | mask | frozen params | Acc_ill % | Acc_leg % | mitigation "
@@ -471,36 +408,42 @@ def main() -> None:  # noqa: PLR0915
     print()
     for level in levels:
         for ratio in ratios:
-            by = {r["kind"].split(" x")[0]: r for r in rows
-                  if r["ratio"] == ratio and r["level"] == level}  # fmt: skip
-            mit = {k: statistics.mean(v["mit"]) for k, v in by.items()}
-            imp = {k: statistics.mean(v["imp"]) for k, v in by.items()}
-            rivals = [k for k in ("random", "largest change", "matched random") if k in mit]
-            margin = mit["learned"] - max(mit[k] for k in rivals)
-            # two standard errors of a difference of two pair accuracies on the test images,
-            # relative to Acc_ill(no freezing): smaller margins are noise
-            p = statistics.mean(by["learned"]["ill"])
-            noise = 2 * math.sqrt(2 * p * (1 - p) / (len(illegal) * args.test)) / full_ill
-            if not (margin > 0 and mit["learned"] > 0 and imp["learned"] < 0.10):
-                verdict = "misses the goal"
-            elif margin < noise:
-                verdict = (
-                    f"meets the goal's letter, but the margin is within noise (2 SE {noise:.3f})"
-                )
-            else:
-                verdict = "meets the goal"
-            if "matched random" in mit:
+            here = [r for r in rows if r["ratio"] == ratio and r["level"] == level]
+            for variant in variants:
+                kinds = {r["kind"].split(" x")[0]: r for r in here}
+                if f"learned {variant}" not in kinds:
+                    continue
+                tied = " (tied)" if VARIANTS[variant].get("tie_norm") else ""
+                names = {"learned": f"learned {variant}", "random": f"random{tied}",
+                         "largest change": f"largest change{tied}",
+                         "matched random": f"matched random {variant}"}  # fmt: skip
+                by = {k: kinds[name] for k, name in names.items() if name in kinds}
+                mit = {k: statistics.mean(v["mit"]) for k, v in by.items()}
+                imp = {k: statistics.mean(v["imp"]) for k, v in by.items()}
+                rivals = [k for k in ("random", "largest change", "matched random") if k in mit]
+                margin = mit["learned"] - max(mit[k] for k in rivals)
+                # two standard errors of a difference of two pair accuracies on the test
+                # images, relative to Acc_ill(no freezing): smaller margins are noise
+                p = statistics.mean(by["learned"]["ill"])
+                noise = 2 * math.sqrt(2 * p * (1 - p) / (len(illegal) * args.test)) / full_ill
+                if not (margin > 0 and mit["learned"] > 0 and imp["learned"] < 0.10):
+                    verdict = "misses the goal"
+                elif margin < noise:
+                    verdict = f"meets the goal's letter, but the margin is within noise (2 SE {noise:.3f})"
+                else:
+                    verdict = f"meets the goal (margin above 2 SE {noise:.3f})"
+                matched = (
+                    f", matched random {mit['matched random']:+.3f} (impact "
+                    f"{imp['matched random']:+.3f})" if "matched random" in mit else ""
+                )  # fmt: skip
                 print(
-                    f"{level} ρ={ratio}: matched random (same channels per tensor) mitigation "
-                    f"{mit['matched random']:+.3f}, legal impact {imp['matched random']:+.3f}"
+                    f"{level} ρ={ratio} {variant}: learned mitigation {mit['learned']:+.3f} vs "
+                    f"random{tied} {mit['random']:+.3f}, largest change{tied} "
+                    f"{mit['largest change']:+.3f}{matched}; legal impact {imp['learned']:+.3f} "
+                    f"(random {imp['random']:+.3f}, largest change {imp['largest change']:+.3f}); "
+                    f"head-only ceiling {ceiling:+.3f}; margin over the best baseline "
+                    f"{margin:+.3f} -> {verdict}"
                 )
-            print(
-                f"{level} ρ={ratio}: learned mitigation {mit['learned']:+.3f} vs random "
-                f"{mit['random']:+.3f}, largest change {mit['largest change']:+.3f}; legal "
-                f"impact {imp['learned']:+.3f} (random {imp['random']:+.3f}, largest change "
-                f"{imp['largest change']:+.3f}); margin over the best baseline {margin:+.3f} -> "
-                f"{verdict}"
-            )
     if args.json:
         Path(args.json).write_text(json.dumps({
             "args": vars(args), "pretrain_acc": acc_pre, "ft": [ft_ill, ft_leg],
