@@ -430,3 +430,19 @@ def test_url_inputs_are_read_through_fsspec(tmp_path, runner):
     )
     assert result.exit_code == 2 and "Protocol not known" in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_resumed_shard_run_keeps_the_earlier_metrics_version(tmp_path):
+    shards = make_sets(tmp_path, count=12)["webdataset"]
+    run = protect_dataset(shards, tmp_path / "out", FIXED_KEY, "cuda", SERIAL)
+    manifest_path = tmp_path / "out" / "unlearnable-manifest.json"
+    assert run.manifest.extra["metrics_version"] == 2
+    data = json.loads(manifest_path.read_text())
+    del data["metrics_version"]  # as written before the metrics versions: version 1
+    manifest_path.write_text(json.dumps(data))
+    (tmp_path / "out" / "train-0001.tar").unlink()
+    resumed = protect_dataset(
+        shards, tmp_path / "out", FIXED_KEY, "cuda", RunOptions(workers=1, resume=True)
+    )
+    assert resumed.manifest.extra["metrics_version"] == 1
+    assert json.loads(manifest_path.read_text())["metrics_version"] == 1

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ...errors import UsageError
+from ...metrics import METRICS_VERSION
 from ..executors import Executor
 from ..hashing import sha256_bytes
 from ..images import EXTENSION_FOR_FORMAT, OUTPUT_FORMATS
@@ -41,6 +42,7 @@ from ..runner import (
     _previous_records,
     _start_journal,
     default_executor,
+    resumed_metrics_version,
     run_and_record,
     run_manifest,
 )
@@ -113,6 +115,7 @@ class RecordContext:
     options: OutputOptions
     class_index: dict[str, int]
     driver_writes: bool = False  # return each container to the driver instead of writing it
+    metrics_version: int = METRICS_VERSION  # a resumed run keeps the earlier run's
 
 
 def output_extension(options: OutputOptions) -> str | None:
@@ -170,6 +173,7 @@ def process_container(context: RecordContext, item: ContainerTask) -> ChunkResul
         payloads={task.path: by_path[task.path].image for task in tasks},  # type: ignore[misc]
         outputs={},
     )
+    work.metrics_version = context.metrics_version
     result = process_chunk(work, tasks)
     records.extend(result.records)
     ok = {r.path: r for r in result.records if r.status == "ok"}
@@ -272,6 +276,8 @@ def run_records(
         previous = previous_url_records(url, manifest, resume, job.run_files)
     else:
         previous = _previous_records(Path(output_dir), manifest, resume, job.run_files)
+        # a resumed local run keeps the earlier run's metrics version (URL outputs: the newest)
+        manifest.extra["metrics_version"] = resumed_metrics_version(Path(output_dir), resume)
     records: dict[str, FileRecord] = {}
     for path, reason in (job.skipped or {}).items():
         records[path] = FileRecord(path=path, status="skipped", reason=reason)
@@ -300,6 +306,7 @@ def run_records(
         options,
         {name: index for index, name in enumerate(job.classes)},
         driver_writes,
+        manifest.extra["metrics_version"],
     )
     if url is not None:
         from .url_output import DriverWrites, run_to_url
