@@ -82,7 +82,7 @@ def parse_args():
         "--models", default=None, help="Only these subjects (comma-separated names)."
     )
     parser.add_argument("--train-only", action="store_true")
-    parser.add_argument("--max-drop", type=float, default=0.05)
+    parser.add_argument("--max-drop", type=float, default=0.03, help="As purify's (0.03).")
     parser.add_argument("--max-epochs", type=int, default=20, help="Exposure epochs at most.")
     parser.add_argument(
         "--holdout",

@@ -288,7 +288,13 @@ def scan(
     "lowest-mask channels per layer with a defense-accuracy drop <= --max-drop; fixed = every "
     "channel with mask <= --prune-threshold (RNP).",
 )
-@click.option("--max-drop", type=click.FloatRange(0, 1), default=0.05, show_default=True)
+@click.option(
+    "--max-drop",
+    type=click.FloatRange(0, 1),
+    default=0.03,
+    show_default=True,
+    help="Tolerated drop of defense-set accuracy for the pruning (--rule max-drop).",
+)
 @click.option(
     "--prune-threshold",
     type=click.FloatRange(0, 1),

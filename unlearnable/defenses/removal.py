@@ -8,8 +8,9 @@ model with clean data, then prune the lowest channels of the **original** model.
    train mode, masks clamped to [0, 1] after every step). Channels that clean behaviour needs
    recover towards 1; channels that only carry the backdoor are not needed and stay low.
 2. **Pruning.** Every chosen channel of the original model gets ``gamma_c = 0`` (its
-   ``beta_c`` is kept, RNP's convention: the channel emits a constant). Nothing else changes,
-   and there is no fine-tuning afterwards. Channels are ranked by mask, lowest first; ties
+   ``beta_c`` is kept, RNP's convention: the channel emits a constant). Nothing else changes
+   here (``purify``'s next stage, :mod:`.trigger_unlearn`, fine-tunes with these channels
+   held at 0). Channels are ranked by mask, lowest first; ties
    (many masks end at exactly 0) go to the channel whose mask fell first.
 3. **How much, without the trigger** (:class:`PruneConfig`). Default (``by="layer"``,
    ``rule="max-drop"``): prune the lowest fraction ``f`` of **every layer**, walking ``f`` up
@@ -111,11 +112,14 @@ class PruneConfig:
     ``rule`` ``"max-drop"`` (``max_drop``: tolerated absolute drop of defense-set accuracy;
     walks ``grid``, ``counts`` or ``fractions`` upwards) or ``"fixed"`` (``threshold``;
     threshold only). ``by=None`` (default): ``"layer"`` for max-drop, ``"threshold"`` for
-    fixed (see the module docstring for why per-layer)."""
+    fixed (see the module docstring for why per-layer). ``max_drop`` defaults to 0.03, not
+    BackdoorBench's 0.05, because :mod:`.trigger_unlearn` does most of the removal after the
+    pruning (on the EBYD benchmark, 0.03 left every flagged model's outcome as at 0.05 and
+    cost two clean models 3.6 and 2.7 points instead of 5.3 and 6.8)."""
 
     rule: str = "max-drop"
     threshold: float = 0.2
-    max_drop: float = 0.05
+    max_drop: float = 0.03
     grid: tuple[float, ...] = DEFAULT_GRID
     by: str | None = None
     counts: tuple[int, ...] = DEFAULT_COUNTS
