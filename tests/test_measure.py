@@ -13,7 +13,7 @@ from PIL import Image
 import unlearnable as ul
 from unlearnable.io.images import decode_pixels
 from unlearnable.io.measure import draft_scale, jpeg_view, written_quality
-from unlearnable.io.runner import resumed_metrics_version
+from unlearnable.io.resume import resumed_metrics_version
 from unlearnable.metrics import METRICS_VERSION, quality
 from unlearnable.visual_cost import (
     _reduce_picture,

@@ -41,6 +41,10 @@ class InputError(UsageError):
     """Input data cannot be used: a missing or empty folder, bad labels, an unreadable key."""
 
 
+class ProtectUsageError(UsageError):
+    """A protect run cannot be carried out as given (paths, options); nothing was written."""
+
+
 class ModelFileError(InputError):
     """A model file cannot be loaded: unknown format, unknown builder, weights that do not fit
     the architecture, or a pickle without the explicit trust flag."""
@@ -64,6 +68,7 @@ __all__ = [
     "IntegrityError",
     "ModelFileError",
     "PartialFailure",
+    "ProtectUsageError",
     "UnlearnableError",
     "UsageError",
 ]

@@ -130,7 +130,7 @@ def _resumed_parameters(context: MethodContext) -> dict[str, Any]:
     (``{}`` when this is not a resume of a ``photo`` run)."""
     if not context.run.resume:
         return {}
-    from ..io.runner import earlier_run
+    from ..io.resume import earlier_run
 
     earlier = earlier_run(context.output_dir)
     if earlier is None or earlier.method != "photo":

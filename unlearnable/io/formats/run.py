@@ -34,15 +34,14 @@ from ..executors import Executor
 from ..hashing import sha256_bytes
 from ..images import EXTENSION_FOR_FORMAT, OUTPUT_FORMATS
 from ..manifest import FileRecord
+from ..resume import previous_records, resumed_metrics_version
 from ..runner import (
     FolderJob,
     ProtectRun,
     RunBook,
     _check_class_names,
-    _previous_records,
     _start_journal,
     default_executor,
-    resumed_metrics_version,
     run_and_record,
     run_manifest,
 )
@@ -275,7 +274,7 @@ def run_records(
     if url is not None:
         previous = previous_url_records(url, manifest, resume, job.run_files)
     else:
-        previous = _previous_records(Path(output_dir), manifest, resume, job.run_files)
+        previous = previous_records(Path(output_dir), manifest, resume, job.run_files)
         # a resumed local run keeps the earlier run's metrics version (URL outputs: the newest)
         manifest.extra["metrics_version"] = resumed_metrics_version(Path(output_dir), resume)
     records: dict[str, FileRecord] = {}
