@@ -131,6 +131,19 @@ def _stage(progress: StageProgress | None, stage: str):
     return lambda epoch, epochs, row: progress(stage, epoch, epochs, row)
 
 
+def _observed(subject: Subject) -> CleanSet:
+    """The clean images accuracies and histograms are read on: held out, else the defense set."""
+    return subject.holdout if len(subject.holdout) else subject.defense
+
+
+def _prior(subject: Subject, detection: DetectionConfig) -> tuple[float, ...] | None:
+    """The original model's featureless prior on the observed images, when ``detection`` uses
+    one (:func:`~.detection.featureless_prior`)."""
+    if not detection.prior:
+        return None
+    return featureless_prior(subject.model, _observed(subject).images, len(subject.classes))
+
+
 @dataclass
 class ScanResult:
     """What :func:`scan_model` found: the :class:`Detection`, the exposure runs (one per
@@ -262,13 +275,9 @@ def scan_model(
                 progress=_stage(progress, "expose" if j == 0 else f"expose {j + 1}"),
             )
         )
-    observe = subject.holdout if len(subject.holdout) else subject.defense
-    prior = (
-        featureless_prior(subject.model, observe.images, len(subject.classes))
-        if config.detection.prior
-        else None
+    detection = detect_exposures(
+        [r.rows for r in runs], config.detection, _prior(subject, config.detection)
     )
-    detection = detect_exposures([r.rows for r in runs], config.detection, prior)
     which: dict[str, list[str]] = {}
     for j, run in enumerate(runs):
         for text in _exposure_notes(run):

@@ -26,8 +26,8 @@ from torch import nn
 
 from ..errors import UsageError
 from ..training.classification import evaluate
-from .detection import Detection, DetectionConfig, detect_exposures, featureless_prior
-from .ebyd import StageProgress, _exposure_notes, _model_and_data, _stage
+from .detection import Detection, DetectionConfig, detect_exposures
+from .ebyd import StageProgress, _exposure_notes, _model_and_data, _observed, _prior, _stage
 from .exposure import ExposureConfig, ExposureResult, expose
 from .removal import (
     MaskConfig,
@@ -186,13 +186,10 @@ def purify_model(
         config.masks,
         progress=_stage(progress, "masks"),
     )
-    hold = subject.holdout if len(subject.holdout) else subject.defense
-    prior = (
-        featureless_prior(subject.model, hold.images, len(subject.classes))
-        if config.detection.prior
-        else None
+    hold = _observed(subject)
+    detection = detect_exposures(
+        [exposure.rows], config.detection, _prior(subject, config.detection)
     )
-    detection = detect_exposures([exposure.rows], config.detection, prior)
 
     def extra(pruned: nn.Module) -> dict[str, Any]:
         row: dict[str, Any] = {"holdout_acc": evaluate(pruned, hold.images, hold.labels)}
