@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from ..errors import UsageError
 from ..training import Columns, EpochProgress, FitConfig, StepResult, fit, stream_generator
 from ..training.batches import index_batches
-from ..training.classification import evaluate, to_float_images
+from ..training.classification import _device_of, evaluate, to_float_images
 from .exposure import clone_model
 from .removal import require_batch_norm
 
@@ -108,10 +108,6 @@ class UnlearnResult:
     rows: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
 def recover_trigger(
     model: nn.Module,
     images: Tensor,
@@ -126,7 +122,7 @@ def recover_trigger(
     others = torch.nonzero(labels != target).flatten()
     if others.numel() == 0:
         raise UsageError("trigger recovery needs clean images of classes other than the target")
-    device = _device(model)
+    device = _device_of(model, None)
     net = clone_model(model).eval()
     for p in net.parameters():
         p.requires_grad_(False)
@@ -149,10 +145,10 @@ def recover_trigger(
         opt.step()
     with torch.no_grad():
         mask, pattern = torch.sigmoid(mask_w), torch.sigmoid(pattern_w)
-        trigger = RecoveredTrigger(mask, pattern, target, 0.0, float(mask.sum()))
         hits = 0
         for start in range(0, n, 256):
-            hits += int((net(trigger.apply(xs[start : start + 256])).argmax(1) == target).sum())
+            stamped = (1 - mask) * xs[start : start + 256] + mask * pattern
+            hits += int((net(stamped).argmax(1) == target).sum())
     return RecoveredTrigger(mask, pattern, target, hits / n, float(mask.sum()))
 
 
@@ -165,9 +161,6 @@ class _StampedBatches:
         self.config, self.device = config, device
         self.shuffle = stream_generator(config.seed, "unlearn-shuffle")
         self.draw = stream_generator(config.seed, "unlearn-stamp")
-
-    def __len__(self) -> int:
-        return len(list(index_batches(torch.arange(self.images.shape[0]), self.config.batch_size)))
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
         perm = torch.randperm(self.images.shape[0], generator=self.shuffle)
@@ -203,7 +196,7 @@ def unlearn_triggers(
     config = config or UnlearnConfig()
     if not triggers:
         raise UsageError("unlearning needs at least one recovered trigger")
-    device = _device(model)
+    device = _device_of(model, None)
     teacher = clone_model(model).eval()
     student = clone_model(model)
     hooks = _hold_pruned(student, pruned)
@@ -221,11 +214,11 @@ def unlearn_triggers(
         return StepResult(value, x.shape[0])
 
     others = labels != triggers[0].target
+    xs = to_float_images(images[others]).to(device) if bool(others.any()) else None
 
     def columns(net: nn.Module) -> dict[str, Any]:
         row: dict[str, Any] = {"clean_acc": evaluate(net, images, labels)}
-        if bool(others.any()):
-            xs = to_float_images(images[others]).to(device)
+        if xs is not None:
             with torch.no_grad():
                 hits = [
                     float((net(t.apply(xs)).argmax(1) == t.target).float().mean()) for t in triggers
