@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 from unlearnable.attacks.backdoor import BadNets, attack_success_rate
 from unlearnable.checkpoints import load_model
 from unlearnable.cli import main
+from unlearnable.defenses.detection import DetectionConfig
 from unlearnable.defenses.ebyd import PurifyConfig, purify_model
 from unlearnable.defenses.ebyd_data import CleanSet
 from unlearnable.defenses.exposure import ExposureConfig
@@ -95,15 +97,18 @@ def test_purify_unlearns_only_a_detected_target(backdoored) -> None:
     clean = CleanSet(*synthetic(160, seed=3), CLASSES)
     base = PurifyConfig(exposure=ExposureConfig(batch_size=32, max_epochs=6),
                         masks=MaskConfig(epochs=2), defense_images=80, unlearn=FAST)  # fmt: skip
-    result = purify_model(backdoored, clean, base, trigger={"name": "badnets", "target": 0})
+    trigger = {"name": "badnets", "target": 0}
+    # threshold 0 flags whatever class dominates the exposed model; above 1 nothing is flagged
+    flagged = dataclasses.replace(base, detection=DetectionConfig(threshold=0.0))
+    result = purify_model(backdoored, clean, flagged, trigger=trigger)
     report = result.to_report()
-    if result.detection.target is None:  # the tiny exposure did not name a target
-        assert result.unlearned is None and any("no backdoor target" in n for n in result.notes)
-    else:
-        assert result.unlearned is not None
-        assert report["unlearn"]["triggers"][0]["target"] == result.detection.target
-        assert result.asr_after < result.asr_before
-    off = purify_model(backdoored, clean, PurifyConfig(**{**base.__dict__, "unlearn": None}))
+    assert result.detection.target is not None and result.unlearned is not None
+    assert report["unlearn"]["triggers"][0]["target"] == result.detection.target
+    assert result.asr_after < result.asr_before
+    calm = dataclasses.replace(base, detection=DetectionConfig(threshold=1.01))
+    skipped = purify_model(backdoored, clean, calm, trigger=trigger)
+    assert skipped.unlearned is None and any("no backdoor target" in n for n in skipped.notes)
+    off = purify_model(backdoored, clean, dataclasses.replace(base, unlearn=None))
     assert off.unlearned is None and off.to_report()["unlearn"] is None
     assert torch.equal(
         torch.cat([p.flatten() for p in off.model.parameters()]),
