@@ -21,7 +21,10 @@ the pool is complete and then raised (see :func:`_interrupts_held`), so it is ne
 never leaves a worker the pool does not know about. The workers are born with SIGINT and SIGTERM
 blocked and take them up only in their initializer, so no worker dies while the pool is still
 adding workers (on Python 3.11 the pool's manager thread then fails with "dictionary changed size
-during iteration" and prints a traceback).
+during iteration" and prints a traceback). A worker killed while it sends a result does not keep
+the pool's manager thread (and so this process, at exit) waiting for the rest of the message
+(:func:`_release_manager`), and the workers end by themselves when this process is killed
+outright (``kill -9``, the OOM killer), instead of waiting for work forever.
 """
 
 from __future__ import annotations
@@ -129,12 +132,37 @@ def stop_pool(pool: _Pool) -> None:
     SIGKILL, not SIGTERM: a worker still starting holds SIGTERM blocked (see
     :func:`_interrupts_held`), and SIGTERM's default action in a worker is the same sudden exit."""
     processes = list((getattr(pool, "_processes", None) or {}).values())
+    manager = getattr(pool, "_executor_manager_thread", None)  # shutdown() forgets them
+    results = getattr(pool, "_result_queue", None)
     pool.shutdown(wait=False, cancel_futures=True)
     for process in processes:
         if process.is_alive():
             process.kill()
     for process in processes:
         process.join(timeout=5)
+    _release_manager(manager, results)
+
+
+def _release_manager(manager: threading.Thread | None, results: Any) -> None:
+    """Let the pool's manager thread end after its workers were killed.
+
+    A worker killed while it was sending a result leaves half a message in the result pipe;
+    the manager thread then waits for the rest forever, and Python waits for that thread at
+    exit: the process printed "interrupted" and never ended. With every worker gone, nobody
+    but this process holds the pipe's write end: closing it turns the wait into an
+    end-of-file, which the thread takes for a broken pool, and it ends."""
+    if manager is None:
+        return
+    manager.join(timeout=1.0)
+    if not manager.is_alive():
+        return
+    writer = getattr(results, "_writer", None)
+    if writer is not None:
+        try:
+            writer.close()
+        except OSError:
+            pass
+    manager.join(timeout=5.0)
 
 
 @contextmanager
@@ -192,10 +220,32 @@ def _init_worker(function: Callable[[Any, Any], Any], context: Any) -> None:
     if hasattr(signal, "pthread_sigmask"):  # blocked since the start (_interrupts_held)
         # SIGINT is ignored from now on; a SIGTERM that came meanwhile stops the worker now.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD_SIGNALS)
+    _exit_with_parent()
     import torch
 
     torch.set_num_threads(1)
     _WORKER = (function, context)
+
+
+def _exit_with_parent() -> None:
+    """End this worker when the process that started it dies (``kill -9``, the OOM killer):
+    otherwise it waits for work forever, holding a few hundred MB, since it holds the work
+    queue's write end itself. A daemon thread waits on the parent's sentinel (ready when the
+    parent is gone) and exits at once; an item in progress leaves at most a temporary file,
+    which ``--resume`` removes."""
+    from multiprocessing import parent_process
+    from multiprocessing.connection import wait
+
+    parent = parent_process()
+    sentinel = getattr(parent, "sentinel", None)
+    if sentinel is None:
+        return
+
+    def watch() -> None:
+        wait([sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _run_in_worker(item: Any) -> Any:
