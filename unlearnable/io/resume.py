@@ -12,7 +12,15 @@ from ..errors import ProtectUsageError
 from ..metrics import METRICS_VERSION, METRICS_VERSIONS
 from .atomic import is_temporary_name
 from .journal import JOURNAL_NAME, read_journal
-from .manifest import MANIFEST_NAME, FileRecord, Manifest, ManifestError, read_manifest
+from .lock import LOCK_NAME
+from .manifest import (
+    MANIFEST_NAME,
+    FileRecord,
+    Manifest,
+    ManifestError,
+    display_name,
+    read_manifest,
+)
 
 RUN_NAMES = (MANIFEST_NAME, JOURNAL_NAME)
 """The files a run keeps in the output folder besides the images."""
@@ -32,14 +40,16 @@ def resumed_metrics_version(output_dir: Path, resume: bool) -> int:
 def check_output_folder(output_dir: Path, resume: bool, run_files: Collection[str] = ()) -> None:
     """Refuse a non-empty output folder without ``resume``, and one with files but neither a
     manifest nor a journal with it. Top-level entries named in ``run_files`` (this run's own
-    sidecar files) and temporary files of killed writes are ignored."""
+    sidecar files), the run's lock file and temporary files of killed writes are ignored."""
     if not output_dir.exists():
         return
     try:
         names = [entry.name for entry in output_dir.iterdir()]
     except OSError as exc:
         raise ProtectUsageError(f"cannot read output folder {output_dir}: {exc.strerror}") from None
-    occupied = any(n not in run_files and not is_temporary_name(n) for n in names)
+    occupied = any(
+        n not in run_files and n != LOCK_NAME and not is_temporary_name(n) for n in names
+    )
     if not occupied:
         return
     if not resume:
@@ -74,7 +84,10 @@ def previous_records(
             else:
                 earlier, records = read_journal(path)
         except ManifestError as exc:
-            raise ProtectUsageError(f"--resume: {exc}") from None
+            raise ProtectUsageError(
+                f"--resume: {exc}; the run there cannot be continued: protect into a new "
+                "output folder (or remove this one) to start again"
+            ) from None
         if not manifest.same_protection(earlier):
             raise ProtectUsageError(
                 "--resume: the output folder was made with a different key, method or "
@@ -83,6 +96,20 @@ def previous_records(
         for record in records:
             found[record.path] = record
     return {path: r for path, r in found.items() if r.status == "ok"}
+
+
+def check_same_input(previous: Collection[str], paths: Collection[str], output: object) -> None:
+    """On a resume, refuse an input that has none of the files the earlier run in ``output``
+    finished (``previous``; ``paths``: the files found now): the wrong INPUT folder, whose
+    outputs would be mixed with the earlier run's, which the manifest would then no longer
+    list."""
+    if previous and not any(path in previous for path in paths):
+        example = display_name(sorted(previous)[0])
+        raise ProtectUsageError(
+            f"--resume: none of the {len(previous)} files the earlier run in {output} protected "
+            f"(e.g. {example}) is in this INPUT; give the input folder of that run, or another "
+            "output folder"
+        )
 
 
 def earlier_run(output_dir: Path) -> Manifest | None:
@@ -102,6 +129,7 @@ def earlier_run(output_dir: Path) -> Manifest | None:
 __all__ = [
     "RUN_NAMES",
     "check_output_folder",
+    "check_same_input",
     "earlier_run",
     "previous_records",
     "resumed_metrics_version",

@@ -48,6 +48,7 @@ from .manifest import (
 from .memory import MemoryGate
 from .resume import (
     check_output_folder,
+    check_same_input,
     previous_records,
     resumed_metrics_version,
 )
@@ -178,6 +179,7 @@ def run_folder(
     protector = job.protector
     manifest = run_manifest(job, options, key_fingerprint)
     previous = previous_records(output_dir, manifest, resume, job.run_files)
+    check_same_input(previous, [*job.labels, *job.problems], output_dir)
     manifest.extra["metrics_version"] = metrics_version = resumed_metrics_version(
         output_dir, resume
     )

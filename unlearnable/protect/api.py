@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from ..io.lock import output_lock
 from ..io.runner import (
     ProtectRun,
     ProtectUsageError,
+    RunStorageError,
     default_executor,
     discover_and_check,
     run_folder,
@@ -71,21 +74,41 @@ def protect_directory(
     source, target = Path(input_dir), Path(output_dir)
     discovery = discover_and_check(source, target, include_hidden=run.include_hidden)
     if not discovery.files and not discovery.problems:
+        skipped = ""
+        if discovery.skipped:
+            path, reason = next(iter(sorted(discovery.skipped.items())))
+            skipped = f"; {len(discovery.skipped)} skipped, e.g. {path}: {reason}"
         raise ProtectUsageError(
-            f"no images found in {source} (looked for JPEG, PNG, WebP, BMP, TIFF)"
+            f"no images found in {source} (looked for JPEG, PNG, WebP, BMP, TIFF){skipped}"
         )
-    context = MethodContext(source, target, list(discovery.files), key, run, stage_progress)
-    job = entry.prepare(config, context)
-    job = dataclasses.replace(
-        job, problems={**discovery.problems, **job.problems}, skipped=dict(discovery.skipped)
-    )
-    return run_folder(
-        source,
-        target,
-        job,
-        key_fingerprint=key.fingerprint,
-        options=run.output,
-        resume=run.resume,
-        executor=run.executor or default_executor(run.workers),
-        progress=progress,
-    )
+    with locked_output(target):
+        context = MethodContext(source, target, list(discovery.files), key, run, stage_progress)
+        job = entry.prepare(config, context)
+        job = dataclasses.replace(
+            job, problems={**discovery.problems, **job.problems}, skipped=dict(discovery.skipped)
+        )
+        return run_folder(
+            source,
+            target,
+            job,
+            key_fingerprint=key.fingerprint,
+            options=run.output,
+            resume=run.resume,
+            executor=run.executor or default_executor(run.workers),
+            progress=progress,
+        )
+
+
+def locked_output(target: Path) -> ExitStack:
+    """``target``'s lock (:func:`~unlearnable.io.lock.output_lock`: a second run into the
+    same folder is refused), to hold for the whole run, caches of the method's ``prepare``
+    included; a folder that cannot be created is a :class:`RunStorageError`."""
+    stack = ExitStack()
+    try:
+        stack.enter_context(output_lock(target))
+    except OSError as exc:
+        raise RunStorageError(
+            f"cannot write to the output folder {target}: {exc.strerror or exc}; "
+            "nothing was protected. Choose a writable folder with free space."
+        ) from None
+    return stack

@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from ..io.formats import DEFAULT_FORMATS, FormatOptions, detect_format, is_url, 
 from ..io.formats.records import NO_IMAGE_REASON, Record, record_path
 from ..io.runner import ProtectRun, ProtectUsageError, check_folders, default_executor
 from ..keys import SecretKey
-from .api import DEFAULT_RUN, protect_directory
+from .api import DEFAULT_RUN, locked_output, protect_directory
 from .feature_pass import StageProgress
 from .methods import DEFAULT_METHOD, MethodContext, RunOptions, resolve_method
 
@@ -80,34 +80,34 @@ def protect_dataset(
     scanned, failed = _scan(root, containers, reader, stage_progress)
     files = sorted(p for p, r in scanned.items() if r.image is not None)
     skipped = {p: NO_IMAGE_REASON for p, r in scanned.items() if r.image is None}
+    from ..io.formats.run import run_records
     from ..io.formats.source import RecordSource
 
-    with _method_folder(target) as method_folder:
-        context = MethodContext(
-            RecordSource(root, reader),  # type: ignore[arg-type]
-            method_folder,
-            files,
-            key,
-            run,
-            stage_progress,
-            labeller=_labeller(scanned, files, reader),
+    with locked_output(target) if isinstance(target, Path) else nullcontext():
+        with _method_folder(target) as method_folder:
+            context = MethodContext(
+                RecordSource(root, reader),  # type: ignore[arg-type]
+                method_folder,
+                files,
+                key,
+                run,
+                stage_progress,
+                labeller=_labeller(scanned, files, reader),
+            )
+            job = entry.prepare(config, context)
+        job = dataclasses.replace(job, problems={**failed, **job.problems}, skipped=skipped)
+        return run_records(
+            root,
+            target,
+            [name for name in containers if name not in failed],
+            reader,
+            job,
+            key_fingerprint=key.fingerprint,
+            options=run.output,
+            resume=run.resume,
+            executor=run.executor or default_executor(run.workers),
+            progress=progress,
         )
-        job = entry.prepare(config, context)
-    job = dataclasses.replace(job, problems={**failed, **job.problems}, skipped=skipped)
-    from ..io.formats.run import run_records
-
-    return run_records(
-        root,
-        target,
-        [name for name in containers if name not in failed],
-        reader,
-        job,
-        key_fingerprint=key.fingerprint,
-        options=run.output,
-        resume=run.resume,
-        executor=run.executor or default_executor(run.workers),
-        progress=progress,
-    )
 
 
 def _check_output(source: Path | str, target: Path | str, resume: bool) -> Path | None:
@@ -179,7 +179,7 @@ def _scan(
             else:
                 records = scan_parquet(root, name, reader.image_column, reader.label_source)
         except (ShardError, ParquetError) as exc:
-            failed[name] = f"{name}: {exc}"
+            failed[name] = str(exc)  # recorded under the name: no need to repeat it
             continue
         for record in records:
             scanned[record_path(name, record.name)] = record

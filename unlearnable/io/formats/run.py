@@ -34,7 +34,7 @@ from ..executors import Executor
 from ..hashing import sha256_bytes
 from ..images import EXTENSION_FOR_FORMAT, OUTPUT_FORMATS
 from ..manifest import FileRecord
-from ..resume import previous_records, resumed_metrics_version
+from ..resume import check_same_input, previous_records, resumed_metrics_version
 from ..runner import (
     FolderJob,
     ProtectRun,
@@ -277,6 +277,7 @@ def run_records(
         previous = previous_records(Path(output_dir), manifest, resume, job.run_files)
         # a resumed local run keeps the earlier run's metrics version (URL outputs: the newest)
         manifest.extra["metrics_version"] = resumed_metrics_version(Path(output_dir), resume)
+    check_same_input(previous, [*job.labels, *job.problems], output_dir)
     records: dict[str, FileRecord] = {}
     for path, reason in (job.skipped or {}).items():
         records[path] = FileRecord(path=path, status="skipped", reason=reason)
