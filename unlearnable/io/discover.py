@@ -35,10 +35,15 @@ HIDDEN_FOLDER_REASON = (
 )
 
 
+MAX_PATHS = 16
+"""A folder reached through more paths (symbolic links) than this is reported, not walked."""
+
+
 def discover_images(
     root: str | os.PathLike[str], exclude: Path | None = None, include_hidden: bool = False
 ) -> Discovery:
-    """Walk ``root`` recursively (following symbolic links, with loop detection).
+    """Walk ``root`` recursively (following symbolic links; a link to a folder above it is
+    reported as a loop, a folder reached through several paths is listed under each).
 
     Files are matched by extension (case-insensitive): .jpg .jpeg .jpe .png .webp .bmp .tif .tiff.
     Hidden files and folders (name starting with ``.``) are listed in ``skipped`` unless
@@ -49,20 +54,32 @@ def discover_images(
     base = Path(root)
     result = Discovery(root=base)
     excluded = exclude.resolve() if exclude is not None else None
-    visited: set[tuple[int, int]] = set()
-    stack: list[tuple[Path, str]] = [(base, "")]
+    # Each folder carries the identities of the folders above it: a link back to one of them is
+    # a loop. A folder reached twice through links that are not loops is walked both times, so
+    # the result does not depend on which path the walk takes first (at most MAX_PATHS times:
+    # links that fan out again and again would otherwise multiply the paths without end).
+    walks: dict[tuple[int, int], int] = {}
+    stack: list[tuple[Path, str, frozenset[tuple[int, int]]]] = [(base, "", frozenset())]
     while stack:
-        folder, relative = stack.pop()
+        folder, relative, above = stack.pop()
         try:
             info = folder.stat()
         except OSError as exc:
             result.problems[relative or "."] = f"cannot open folder: {exc.strerror}"
             continue
         identity = (info.st_dev, info.st_ino)
-        if identity in visited:
-            result.problems[relative] = "symbolic link loop (folder already visited); skipped"
+        if identity in above:
+            result.problems[relative] = (
+                "symbolic link loop (a link to a folder that contains it); skipped"
+            )
             continue
-        visited.add(identity)
+        walks[identity] = walks.get(identity, 0) + 1
+        if walks[identity] > MAX_PATHS:
+            result.problems[relative] = (
+                f"folder reached through more than {MAX_PATHS} symbolic-link paths; skipped"
+            )
+            continue
+        inside = above | {identity}
         if excluded is not None and folder.resolve() == excluded:
             continue
         try:
@@ -88,7 +105,7 @@ def discover_images(
                     result.ignored += 1
                 continue
             if is_dir:
-                stack.append((Path(entry.path), child))
+                stack.append((Path(entry.path), child, inside))
             elif suffix in SKIPPED_EXTENSIONS:
                 result.skipped[child] = SKIPPED_EXTENSIONS[suffix]
             elif suffix in IMAGE_EXTENSIONS:

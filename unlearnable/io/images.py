@@ -11,7 +11,8 @@ cannot hold the filtered colours) and bilevel (1, converted to L) images in JPEG
 and TIFF. CMYK, 16-bit and floating-point images are refused with a clear message, and so are
 animations (animated WebP and PNG) and multi-page TIFF files: protecting only the first frame and
 writing it as "ok" would lose the others silently. GIF files are not decoded at all (a palette
-of 256 colours cannot hold the protected image); discovery reports them as skipped.
+of 256 colours cannot hold the protected image); discovery reports them as skipped, and so
+are files in formats that are not protected (HEIC, AVIF, JPEG XL, JPEG 2000, camera raw, ...).
 """
 
 from __future__ import annotations
@@ -25,11 +26,27 @@ from PIL import Image, ImageOps, JpegImagePlugin
 Image.MAX_IMAGE_PIXELS = None  # we enforce our own, configurable, limit before decoding
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".tif", ".tiff"})
+_UNSUPPORTED = {
+    "HEIC/HEIF": (".heic", ".heif", ".hif"),
+    "AVIF": (".avif",),
+    "JPEG XL": (".jxl",),
+    "JPEG 2000": (".jp2", ".j2k", ".jpf", ".jpx"),
+    "camera raw": (".dng", ".cr2", ".cr3", ".nef", ".arw", ".raf", ".orf", ".rw2", ".pef", ".srw"),
+    "Photoshop": (".psd",),
+    "SVG": (".svg",),
+    "ICO": (".ico",),
+}
 SKIPPED_EXTENSIONS = {
     ".gif": "GIF is not supported (its 256-colour palette cannot hold the protected image); "
     "skipped: convert it to PNG to protect it",
+    **{
+        suffix: f"{kind} is not supported; skipped: convert it to JPEG or PNG to protect it"
+        for kind, suffixes in _UNSUPPORTED.items()
+        for suffix in suffixes
+    },
 }
-"""Image extensions that discovery reports as skipped (with the reason), not as failed."""
+"""Image extensions that discovery reports as skipped (with the reason), not as failed: photos
+in formats that are not protected are listed, never left out without a word."""
 DEFAULT_MAX_PIXELS = 100_000_000
 """Images with more pixels are refused unless ``max_pixels`` is raised (a decompression-bomb
 guard that also bounds a worker's memory: see :mod:`unlearnable.io.work`). 100 MP covers every
