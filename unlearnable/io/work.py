@@ -25,6 +25,7 @@ pixel at its peak, so batches are capped at :data:`BATCH_PIXELS`; a batch of a l
 
 from __future__ import annotations
 
+import errno
 import os
 from collections import defaultdict
 from collections.abc import Hashable
@@ -161,10 +162,11 @@ class WorkContext:
     the version it started with)."""
 
     def read_input(self, path: str) -> bytes:
-        """The input bytes of ``path`` (``OSError`` when unreadable)."""
+        """The input bytes of ``path`` (``OSError`` when unreadable, and with ``EFBIG`` when the
+        file is larger than :func:`input_byte_limit` allows: it is not read)."""
         if self.payloads is not None:
             return self.payloads[path]
-        return (self.input_dir / path).read_bytes()
+        return read_image_file(self.input_dir / path, self.options.max_pixels)
 
     def write_output(self, relative: str, data: bytes) -> None:
         """Write (atomically) or collect an output (``OSError`` when it cannot be written)."""
@@ -172,6 +174,28 @@ class WorkContext:
             self.outputs[relative] = data
         else:
             atomic_write_bytes(self.output_dir / relative, data)
+
+
+def input_byte_limit(max_pixels: int) -> int:
+    """The largest image file read (:func:`read_image_file`): ``8 * max_pixels`` bytes (an
+    uncompressed 16-bit RGBA image) plus 64 MiB of metadata. A larger file cannot be an image
+    within the pixel limit, and reading it whole could take a worker's memory."""
+    return 8 * max_pixels + 64 * 1024 * 1024
+
+
+def read_image_file(path: Path, max_pixels: int) -> bytes:
+    """The bytes of the image file ``path``; ``OSError`` when it cannot be read, with ``EFBIG``
+    (and not read) when it is larger than :func:`input_byte_limit` allows."""
+    with open(path, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        limit = input_byte_limit(max_pixels)
+        if size > limit:
+            raise OSError(
+                errno.EFBIG,
+                f"the file has {size:,} bytes, more than an image within the pixel limit can "
+                f"take ({limit:,}); not read (a video or archive with an image's extension?)",
+            )
+        return handle.read()
 
 
 @dataclass
@@ -203,6 +227,9 @@ def process_chunk(context: WorkContext, chunk: list[Task]) -> ChunkResult:
         except OSError as exc:
             records.append(error_record(task, f"cannot read file: {exc.strerror or exc}"))
             continue
+        except MemoryError:
+            records.append(error_record(task, f"cannot read file: {OUT_OF_MEMORY}"))
+            continue
         digest = sha256_bytes(data)
         if task.previous is not None and _still_valid(context, task.previous, digest):
             records.append(task.previous)
@@ -212,6 +239,9 @@ def process_chunk(context: WorkContext, chunk: list[Task]) -> ChunkResult:
             image = decode_image(data, context.options.max_pixels)
         except ImageDecodeError as exc:
             records.append(error_record(task, str(exc), digest))
+            continue
+        except MemoryError:
+            records.append(error_record(task, f"cannot decode the image: {OUT_OF_MEMORY}", digest))
             continue
         decoded.append(_Decoded(task, image, digest, len(data)))
 
@@ -231,11 +261,21 @@ def process_chunk(context: WorkContext, chunk: list[Task]) -> ChunkResult:
                 if gate is not None and pixels >= GATED_PIXELS
                 else nullcontext()
             )
-            with room:
-                group_records, group_lossy = _protect_group(context, plan, batch)
+            try:
+                with room:
+                    group_records, group_lossy = _protect_group(context, plan, batch)
+            except MemoryError:
+                message = f"cannot protect the image: {OUT_OF_MEMORY}"
+                group_records = [error_record(i.task, message, i.input_sha256) for i in batch]
+                group_lossy = False
             records.extend(group_records)
             lossy |= group_lossy
     return ChunkResult(records, lossy, resumed)
+
+
+OUT_OF_MEMORY = (
+    "out of memory; run again with --resume and fewer --workers (or a lower --max-pixels)"
+)
 
 
 def lost_chunk(chunk: list[Task], message: str) -> ChunkResult:

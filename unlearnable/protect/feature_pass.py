@@ -27,8 +27,9 @@ from torch import Tensor
 
 from ..imageops import square_rgb, to_uint8
 from ..io.hashing import sha256_bytes, sha256_file
-from ..io.images import ImageDecodeError, decode_image
+from ..io.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
 from ..io.runner import ProtectUsageError
+from ..io.work import OUT_OF_MEMORY, read_image_file
 from .surrogate import Surrogate
 
 StageProgress = Callable[[str, int, int | None], None]
@@ -56,10 +57,12 @@ def as_source(source: str | os.PathLike[str] | ImageSource) -> Source:
     return source if isinstance(source, ImageSource) else Path(source)
 
 
-def read_image_bytes(source: Source, path: str) -> bytes:
-    """The bytes of image ``path`` of ``source`` (``OSError`` when unreadable)."""
+def read_image_bytes(source: Source, path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
+    """The bytes of image ``path`` of ``source`` (``OSError`` when unreadable, or when a file
+    is too large to hold an image of at most ``max_pixels``: :func:`~unlearnable.io.work.
+    read_image_file`)."""
     if isinstance(source, Path):
-        return (source / path).read_bytes()
+        return read_image_file(source / path, max_pixels)
     return source.read(path)
 
 
@@ -105,11 +108,13 @@ def _prepare_file(
     source: Source, path: str, input_size: int, resolution: int | None, max_pixels: int
 ) -> _Prepared:
     try:
-        decoded = decode_image(read_image_bytes(source, path), max_pixels)
+        decoded = decode_image(read_image_bytes(source, path, max_pixels), max_pixels)
     except OSError as exc:
         return _Prepared(path, error=f"cannot read file: {exc.strerror or exc}")
     except ImageDecodeError as exc:
         return _Prepared(path, error=str(exc))
+    except MemoryError:
+        return _Prepared(path, error=f"cannot decode the image: {OUT_OF_MEMORY}")
     item = _Prepared(path)
     if input_size:
         item.surrogate_input = square_rgb(decoded.pixels, input_size)
