@@ -16,7 +16,11 @@ files are checked against those hashes (``input_check``): ``refuse`` (default) r
 :class:`CleanInputMismatchError` when any clean file differs from what was protected (same name,
 other content: the verdict would compare the protected files with other images), ``warn`` goes
 on with a :class:`CleanInputMismatchWarning` and lists them in
-:attr:`LoadedFolders.input_mismatches`, ``off`` skips the check.
+:attr:`LoadedFolders.input_mismatches`, ``off`` skips the check. The protected files are
+checked against the output hashes the manifest recorded (unless ``off``): files changed since
+(re-saved, replaced) are noted in :attr:`LoadedFolders.notes` (the report's warnings), and so is
+the journal of a protect run that did not finish; a protected file the manifest lists but the
+folder lacks is an error.
 
 Scraper labels (``hacker_labels``): ``folders`` uses the top-level subfolders of the clean
 training and test folders (e.g. the true classes when the owner protected with clusters); a
@@ -40,6 +44,7 @@ from .imageops import square_rgb, to_uint8
 from .io.discover import discover_images
 from .io.hashing import sha256_file
 from .io.images import ImageDecodeError, decode_image
+from .io.journal import JOURNAL_NAME
 from .io.manifest import MANIFEST_NAME, ManifestError, read_manifest
 from .verify import VerifyData
 
@@ -70,6 +75,9 @@ class LoadedFolders:
     owner_label_mode: str
     scraper_label_mode: str | None
     input_mismatches: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    """Warnings about the protected folder for the report (files changed since the manifest
+    recorded them, an unfinished protect run)."""
 
 
 def load_verify_folders(
@@ -102,9 +110,12 @@ def load_verify_folders(
         if not folder.is_dir():
             raise VerifyInputError(f"{name} folder not found: {folder}")
 
-    pairs, owner_labels, owner_mode, recorded = _training_pairs(protected_dir, clean_dir, labels)
+    pairs, owner_labels, owner_mode, recorded, written = _training_pairs(
+        protected_dir, clean_dir, labels
+    )
     if not pairs:
         raise VerifyInputError(f"no training images found in {protected_dir}")
+    notes = _protected_notes(protected_dir, {} if input_check == "off" else written)
     mismatches = [] if input_check == "off" else _changed_inputs(clean_dir, recorded)
     if mismatches:
         message = (
@@ -170,11 +181,33 @@ def load_verify_folders(
         scraper_labels=scraper,
         scraper_class_names=scraper_classes if hacker_labels is not None else None,
     )
-    return LoadedFolders(data, size, train_rel, test_files, owner_mode, scraper_mode, mismatches)
+    return LoadedFolders(
+        data, size, train_rel, test_files, owner_mode, scraper_mode, mismatches, notes
+    )
+
+
+def _protected_notes(protected_dir: Path, written: dict[str, str]) -> list[str]:
+    """Warnings about ``protected_dir``: a journal of an unfinished protect run, and files whose
+    SHA-256 is not the output hash the manifest recorded (``written``: relative path -> hash)."""
+    notes = []
+    if (protected_dir / JOURNAL_NAME).exists():
+        notes.append(
+            f"{protected_dir} holds the journal of a protect run that did not finish "
+            f"({JOURNAL_NAME}): its manifest is missing or out of date, and files may be missing; "
+            "finish the run with `unlearnable protect ... --resume` before verifying"
+        )
+    changed = _changed_inputs(protected_dir, written)
+    if changed:
+        notes.append(
+            f"{len(changed)} of {len(written)} protected files differ from the outputs the "
+            f"manifest recorded, e.g. {changed[0]}: they were changed after protection (re-saved, "
+            "re-compressed, replaced); the verdict is about the files as they are now"
+        )
+    return notes
 
 
 def _changed_inputs(clean_dir: Path, recorded: dict[str, str]) -> list[str]:
-    """Clean relative paths whose SHA-256 is not the one recorded (in order)."""
+    """Relative paths below ``clean_dir`` whose SHA-256 is not the one recorded (in order)."""
     changed = []
     for relative, digest in recorded.items():
         try:
@@ -187,9 +220,10 @@ def _changed_inputs(clean_dir: Path, recorded: dict[str, str]) -> list[str]:
 
 def _training_pairs(
     protected_dir: Path, clean_dir: Path, labels: str
-) -> tuple[list[tuple[str, str]], list[str], str, dict[str, str]]:
-    """``[(protected relative path, clean relative path)]``, owner label names, label mode, and
-    the input SHA-256 the manifest recorded per clean relative path (empty without one).
+) -> tuple[list[tuple[str, str]], list[str], str, dict[str, str], dict[str, str]]:
+    """``[(protected relative path, clean relative path)]``, owner label names, label mode, the
+    input SHA-256 the manifest recorded per clean relative path and the output SHA-256 per
+    protected relative path (both empty without a manifest).
 
     With a manifest, files are paired through it (so a changed output format is no problem)
     and labelled by it, unless ``labels`` names another source, which is then applied to the
@@ -203,6 +237,13 @@ def _training_pairs(
         records = [r for r in manifest.files if r.status == "ok"]
         pairs = [(r.output_path or r.path, r.path) for r in records]
         recorded = {r.path: r.input_sha256 for r in records if r.input_sha256}
+        written = {r.output_path or r.path: r.output_sha256 for r in records if r.output_sha256}
+        gone = [p for p, _ in pairs if not (protected_dir / p).is_file()]
+        if gone:
+            raise VerifyInputError(
+                f"{len(gone)} protected files of the manifest are missing from {protected_dir}, "
+                f"e.g. {gone[0]}"
+            )
         missing = [c for _, c in pairs if not (clean_dir / c).is_file()]
         if missing:
             raise VerifyInputError(
@@ -211,9 +252,10 @@ def _training_pairs(
             )
         if labels == "auto":
             owner = [r.label or "all" for r in records]
-            return pairs, owner, f"manifest:{manifest.label_mode}", recorded
+            return pairs, owner, f"manifest:{manifest.label_mode}", recorded, written
         assignment = _assign(clean_dir, [c for _, c in pairs], labels)
-        return pairs, [assignment.labels[c] for _, c in pairs], assignment.mode, recorded
+        owner = [assignment.labels[c] for _, c in pairs]
+        return pairs, owner, assignment.mode, recorded, written
     discovery = discover_images(protected_dir)
     assignment = _assign(protected_dir, discovery.files, labels)
     files = sorted(assignment.labels)
@@ -223,7 +265,8 @@ def _training_pairs(
             f"{len(missing)} protected files have no clean counterpart with the same relative path "
             f"in {clean_dir}, e.g. {missing[0]}"
         )
-    return [(f, f) for f in files], [assignment.labels[f] for f in files], assignment.mode, {}
+    owner = [assignment.labels[f] for f in files]
+    return [(f, f) for f in files], owner, assignment.mode, {}, {}
 
 
 def _assign(root: Path, files: list[str], labels: str):

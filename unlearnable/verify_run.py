@@ -17,6 +17,7 @@ process or prints.
 
 from __future__ import annotations
 
+import re
 import statistics
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -139,10 +140,15 @@ def resolve_device(device: str) -> str:
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", device):
+        raise UsageError(f"unknown device {device!r}; use {DEVICE_HELP}")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"device {device!r}: no CUDA GPU is available")
-    if not (device == "cpu" or device.startswith("cuda") or device == "mps"):
-        raise UsageError(f"unknown device {device!r}; use {DEVICE_HELP}")
+    if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
+        raise UsageError(
+            f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+            f"cuda:0 to cuda:{torch.cuda.device_count() - 1}"
+        )
     return device
 
 
@@ -202,10 +208,13 @@ def verify_folders(
     except (KeyError, ValueError) as exc:
         raise UsageError(str(exc).strip('"')) from None
     folder = Path(output) if output is not None else default_run_folder("verify")
+    if folder.exists() and not folder.is_dir():  # found now, not after the training
+        raise UsageError(f"the run folder {folder} is a file; give a folder as -o/--output")
     sizes = options.image_sizes
     per_size: list[tuple[int, VerifyResult]] = []
     saver = None
     mismatches: list[str] = []
+    folder_notes: list[str] = []
     for index, size in enumerate(sizes):
         loaded = load_verify_folders(
             protected,
@@ -220,6 +229,7 @@ def verify_folders(
         )
         if index == 0:
             mismatches = list(loaded.input_mismatches)
+            folder_notes = list(loaded.notes)
             if options.save_models:
                 saver = _ModelSaver(folder, victim, loaded.data.output_class_names)
         suffix = f"@{loaded.image_size}px" if len(sizes) > 1 else ""
@@ -237,7 +247,7 @@ def verify_folders(
         )
         per_size.append((loaded.image_size, result))
     median_side = _median_short_side(Path(clean_train), loaded.train_files)
-    warnings = resolution_warnings([size for size, _ in per_size], median_side)
+    warnings = folder_notes + resolution_warnings([size for size, _ in per_size], median_side)
     result = combine_sizes(per_size, warnings)
     trained_sizes = [size for size, _ in per_size]
     write_run_folder(

@@ -321,6 +321,25 @@ def verify_command(
     if as_json:
         print_json(report)
         return
+    if not quiet:  # the warnings below go to stderr either way
+        print_summary(run)
+    for text in report["notes"]:
+        if text in run.warnings:
+            warn(text)
+        else:
+            note(text)
+    if run.input_mismatches:
+        shown = ", ".join(run.input_mismatches[:5])
+        warn(
+            f"{len(run.input_mismatches)} clean training files differ from the inputs the "
+            f"manifest recorded (e.g. {shown}): the baseline may not be the protected images' "
+            "originals"
+        )
+
+
+def print_summary(run) -> None:
+    """The verdict table, the worst case and where the report is (stdout)."""
+    report = run.report
     out_console.print(verify_table(report))
     if len(report.get("per_by_size", [])) > 1:
         out_console.print(size_table(report))
@@ -335,18 +354,6 @@ def verify_command(
     if run.model_paths:
         out_console.print(
             f"saved {len(run.model_paths)} models in {run.folder / 'models'}", highlight=False
-        )
-    for text in report["notes"]:
-        if text in run.warnings:
-            warn(text)
-        else:
-            note(text)
-    if run.input_mismatches:
-        shown = ", ".join(run.input_mismatches[:5])
-        warn(
-            f"{len(run.input_mismatches)} clean training files differ from the inputs the "
-            f"manifest recorded (e.g. {shown}): the baseline may not be the protected images' "
-            "originals"
         )
 
 
