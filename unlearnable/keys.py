@@ -147,13 +147,30 @@ def load_key_file(path: str | os.PathLike[str]) -> SecretKey:
     if info.st_size != KEY_BYTES:
         raise KeyFileError(
             f"key file {source} is malformed: a key file holds exactly {KEY_BYTES} bytes, "
-            f"this one has {info.st_size}"
+            f"this one has {info.st_size}{_text_key_hint(source, info.st_size)}"
         )
     try:
         material = source.read_bytes()
     except OSError as exc:
         raise KeyFileError(f"cannot read key file {source}: {exc.strerror}") from None
     return SecretKey(material)
+
+
+def _text_key_hint(source: Path, size: int) -> str:
+    """A hint when the file holds the key as text (64 hex digits, e.g. ``openssl rand -hex 32``)
+    instead of the 32 bytes; the content itself is never shown."""
+    if not 2 * KEY_BYTES <= size <= 2 * KEY_BYTES + 2:
+        return ""
+    try:
+        text = source.read_bytes().strip()
+    except OSError:
+        return ""
+    if len(text) == 2 * KEY_BYTES and all(c in b"0123456789abcdefABCDEF" for c in text):
+        return (
+            " (64 hex digits: the key written as text; a key file holds the 32 bytes themselves,"
+            " as `unlearnable keygen` writes them)"
+        )
+    return ""
 
 
 def key_is_private(path: str | os.PathLike[str]) -> bool:

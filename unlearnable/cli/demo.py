@@ -61,8 +61,9 @@ def demo(
     from ..protect import RunOptions, protect_directory
     from ..protect.methods import DEFAULT_METHOD, method_entry
     from ..run_folder import fresh_folder
-    from ..verify_run import VerifyOptions
+    from ..verify_run import VerifyOptions, resolve_device
 
+    resolve_device(device)  # a bad --device is a usage error before anything is written
     quiet = quiet or as_json
     folder = output or fresh_folder(Path("unlearnable-demo"))
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):

@@ -14,7 +14,7 @@ from ..errors import EXIT_FAILURES, EXIT_INTERRUPTED, UsageError
 from ..protect.cuda_method import STRENGTHS
 from ..protect.methods import DEFAULT_METHOD, METHODS
 from ..protect.uc_config import DEFAULT_CLUSTERS, DEFAULT_SURROGATE
-from .common import err_console, load_key, progress_bars, warn
+from .common import err_console, load_key, note, progress_bars, warn
 from .protect_options import (
     InputPath,
     OutputPath,
@@ -296,6 +296,12 @@ def protect(
     if output_dir is None and isinstance(input_dir, str):
         raise UsageError(f"INPUT {input_dir} is a URL: give the output folder with -o")
     target = output_dir or default_output_folder(input_dir)
+    resolved_device = resolve_device(device)  # a bad --device is a usage error for every method
+    if device != "auto" and not entry.uses_surrogate:
+        note(
+            f"--device is where a surrogate runs (--method uc, --labels clusters); method "
+            f"{entry.name} protects on the CPU"
+        )
     if fmt in ("jpeg", "webp"):
         warn(f"{fmt} output is lossy; re-encoding weakens the protection. PNG keeps it intact.")
     run = RunOptions(
@@ -309,7 +315,7 @@ def protect(
         resume=resume,
         workers=workers,
         executor=_engine(engine, ray_address, workers),
-        device=resolve_device(device) if entry.uses_surrogate else None,
+        device=resolved_device if entry.uses_surrogate else None,
         allow_pickle=allow_pickle,
         include_hidden=include_hidden,
     )
@@ -363,7 +369,12 @@ def protect(
     elif preview:
         from ..io.preview import write_preview
 
-        write_preview(input_dir, run_result, preview)
+        sheet = write_preview(input_dir, run_result, preview)
+        if sheet is not None:
+            note(
+                f"contact sheet: {sheet}; it shows originals, unprotected: leave it out of what "
+                "you publish"
+            )
     report_protect_run(run_result, quiet, as_json)
     if run_result.failed:
         raise click.exceptions.Exit(EXIT_FAILURES)
