@@ -38,6 +38,10 @@ def load_torchscript(path: Path, request: LoadRequest) -> LoadedModel:
             warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated upstream
             module = torch.jit.load(str(path), map_location=request.device)
     except Exception as exc:
+        if request.device.type != "cpu" and "device" in str(exc).lower():
+            raise UsageError(
+                f"cannot load {path} on device {str(request.device)!r}: {short_error(exc)}"
+            ) from exc
         raise ModelFileError(f"cannot load TorchScript archive {path}: {short_error(exc)}") from exc
     spec = _archive_spec(request, int(request.input_size or 0), request.in_channels or 3)
     loaded = LoadedModel(
@@ -56,7 +60,12 @@ def load_export(path: Path, request: LoadRequest) -> LoadedModel:
     if request.device.type != "cpu":
         from torch.export.passes import move_to_device_pass
 
-        program = move_to_device_pass(program, request.device)
+        try:
+            program = move_to_device_pass(program, request.device)
+        except (RuntimeError, AssertionError) as exc:
+            raise UsageError(
+                f"cannot load {path} on device {str(request.device)!r}: {short_error(exc)}"
+            ) from exc
     batch, channels, size = _export_input_shape(program, path)
     if size is not None and request.input_size not in (None, size):
         raise UsageError(f"{path} was exported for {size} px inputs, not {request.input_size}")
@@ -89,6 +98,11 @@ def _export_input_shape(program, path: Path) -> tuple[int | None, int | None, in
         raise ModelFileError(f"{path} takes inputs of shape {shape}, not (B, C, H, W)")
     static = [d if isinstance(d, int) else None for d in shape]
     height, width = static[2], static[3]
+    if height is not None and width is not None and height != width:
+        raise ModelFileError(
+            f"{path} was exported for {height}x{width} inputs; models take square images "
+            "(centre-cropped and resized): export it for a square size, or with dynamic sizes"
+        )
     size = height if height is not None and height == width else None
     return static[0], static[1], size
 
@@ -96,14 +110,16 @@ def _export_input_shape(program, path: Path) -> tuple[int | None, int | None, in
 def _probe(loaded: LoadedModel, path: Path) -> LoadedModel:
     spec = loaded.spec
     batch = loaded.fixed_batch or 1
-    zeros = torch.zeros(batch, spec.in_channels, spec.input_size, spec.input_size)
+    zeros = torch.zeros(
+        batch, spec.in_channels, spec.input_size, spec.input_size, dtype=loaded.input_dtype
+    )
     try:
         with torch.no_grad():
             out = loaded.run_prepared(zeros.to(loaded.device))
     except Exception as exc:
+        hint = "" if "tensor of logits" in str(exc) else "; check input_size and in_channels"
         raise ModelFileError(
-            f"{path} fails on a {tuple(zeros.shape)} input ({short_error(exc)}); check input_size and "
-            "in_channels"
+            f"{path} fails on a {tuple(zeros.shape)} input ({short_error(exc)}){hint}"
         ) from exc
     if out.ndim != 2 or out.shape[1] != spec.num_classes:
         raise ModelFileError(

@@ -149,12 +149,23 @@ def load_model(
         classes=None if classes is None else tuple(str(c) for c in classes),
         in_channels=in_channels,
         trust_pickle=trust_pickle,
-        device=torch.device(device),
+        device=_device(device),
     )
     path = Path(path)
     kind = detect_format(path)
     loaded = _LOADERS[kind](path, request)
-    return loaded.to(request.device).train(False)
+    try:
+        return loaded.to(request.device).train(False)
+    except (RuntimeError, AssertionError) as exc:  # no such device, or torch built without it
+        raise UsageError(f"cannot run the model on device {device!r}: {exc}") from exc
+
+
+def _device(device: str | torch.device) -> torch.device:
+    """``torch.device(device)``, with a usage error for a name torch does not know."""
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise UsageError(f"unknown device {device!r}: {exc}") from exc
 
 
 def _load_ours(path: Path, request: LoadRequest) -> LoadedModel:
@@ -202,10 +213,6 @@ def _load_state_dict(path: Path, request: LoadRequest) -> LoadedModel:
     # Refuse an untrusted pickle before complaining about missing arguments.
     weights = read_state_dict(path, trust_pickle=request.trust_pickle)
     require(request, path, "arch", "classes", "input_size")
-    if request.mean is not None:
-        raise UsageError(
-            f"mean/std cannot be set for {request.arch}: our architectures normalise inside"
-        )
     try:
         spec = ModelSpec(
             classes=request.classes or (),
@@ -215,7 +222,51 @@ def _load_state_dict(path: Path, request: LoadRequest) -> LoadedModel:
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
-    return _from_spec(spec, weights, path, weights.format, None)
+    loaded = _from_spec(spec, weights, path, weights.format, None)
+    if request.mean is not None:
+        loaded = _set_normalization(loaded, request, weights, path)
+    return loaded
+
+
+def _set_normalization(
+    loaded: LoadedModel, request: LoadRequest, weights: WeightsFile, path: Path
+) -> LoadedModel:
+    """Give a bare network's normalisation layer the caller's mean/std (a ``tv:NAME`` state
+    dict trained with other statistics than ImageNet's). Our architectures normalise inside,
+    with a fixed :class:`~unlearnable.models.Normalize` layer: the caller may set it only when
+    the file does not record its values (then they must agree)."""
+    found = next(
+        ((n, m) for n, m in loaded.module.named_modules() if isinstance(m, Normalize)), None
+    )
+    if found is None:
+        raise UsageError(
+            f"mean/std cannot be set for {request.arch}: it has no input normalisation"
+        )
+    name, norm = found
+    channels = loaded.spec.in_channels
+    mean = torch.tensor(request.mean or (), dtype=norm.mean.dtype).expand(channels)
+    std = torch.tensor(request.std or (), dtype=norm.std.dtype).expand(channels)
+    key = f"{name}.mean" if name else "mean"
+    recorded = any(k == key or k.endswith(f".{key}") for k in weights.tensors)
+    if recorded:
+        if torch.allclose(norm.mean.flatten(), mean) and torch.allclose(norm.std.flatten(), std):
+            return loaded
+        raise UsageError(
+            f"{path} records its own normalisation (mean={_float32_values(norm.mean)}, "
+            f"std={_float32_values(norm.std)}); drop mean/std (--mean/--std)"
+        )
+    norm.mean.copy_(mean.view_as(norm.mean))
+    norm.std.copy_(std.view_as(norm.std))
+    spec = dataclasses.replace(
+        loaded.spec, mean=_float32_values(norm.mean), std=_float32_values(norm.std)
+    )
+    return LoadedModel(
+        loaded.module,
+        spec,
+        source=loaded.source,
+        source_format=loaded.source_format,
+        sha256=loaded.sha256,
+    )
 
 
 def _from_spec(
@@ -225,7 +276,7 @@ def _from_spec(
     if request is not None:
         spec = _apply_overrides(spec, request, path)
     model = _build(spec, str(path), ModelFileError)
-    tensors = _inside_wrapper(model, weights.tensors)
+    tensors = _fit_keys(model, weights.tensors)
     _check_fit(model, tensors, spec, str(path), ModelFileError)
     model.load_state_dict(tensors, strict=True)
     return LoadedModel(
@@ -237,12 +288,43 @@ def _from_spec(
     )
 
 
+def _fit_keys(model: nn.Module, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The state dict with its key names fitted to ``model`` when a known difference is all
+    that separates them, else unchanged (for :func:`_check_fit` to name the mismatch).
+
+    Known differences: a prefix shared by every key, one or two levels deep (``_orig_mod.`` from
+    ``torch.compile``, ``model.`` from Lightning, ``module.`` left inside a wrapper); the bare
+    network of a ``tv:NAME`` wrapper (:func:`_inside_wrapper`); and batch-norm
+    ``num_batches_tracked`` counters missing from converted or older files (the fresh model's
+    are kept: they only matter for ``momentum=None``). A candidate is taken only when its keys
+    are exactly the model's.
+    """
+    expected = model.state_dict()
+    candidate = tensors
+    for _ in range(3):
+        fitted = _inside_wrapper(model, candidate)
+        counters = {
+            k: v.clone()
+            for k, v in expected.items()
+            if k.endswith("num_batches_tracked") and k not in fitted
+        }
+        if set(fitted) | set(counters) == set(expected):
+            return {**fitted, **counters}
+        heads = {key.split(".", 1)[0] for key in candidate}
+        if len(heads) != 1 or not all("." in key for key in candidate):
+            break
+        head = f"{next(iter(heads))}."
+        candidate = {key[len(head) :]: value for key, value in candidate.items()}
+    return tensors
+
+
 def _inside_wrapper(model: nn.Module, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
     """Fit the state dict of a bare network to our wrapper around it, when it is one.
 
     ``tv:NAME`` victims are ``Sequential(Normalize, net)``: a plain torchvision state dict
-    (``conv1.weight``, ...) gets the child's prefix (``1.conv1.weight``) and the wrapper's own
-    fixed normalisation buffers. Any other state dict is returned as it is.
+    (``conv1.weight``, ...; batch-norm counters may be missing) gets the child's prefix
+    (``1.conv1.weight``) and the wrapper's own fixed normalisation buffers. Any other state
+    dict is returned as it is.
     """
     expected = model.state_dict()
     if set(tensors) <= set(expected):
@@ -256,11 +338,16 @@ def _inside_wrapper(model: nn.Module, tensors: dict[str, Tensor]) -> dict[str, T
     for child, _ in model.named_children():
         prefix = f"{child}."
         inner = {k[len(prefix) :] for k in expected if k.startswith(prefix)}
-        if set(tensors) == inner:
+        if set(tensors) <= inner and _only_counters(inner - set(tensors)):
             adapted = {prefix + key: value for key, value in tensors.items()}
-            if set(expected) == set(adapted) | set(fixed):
+            if _only_counters(set(expected) - set(adapted) - set(fixed)):
                 return {**fixed, **adapted}
     return tensors
+
+
+def _only_counters(keys: set[str]) -> bool:
+    """Whether every key of ``keys`` is a batch-norm ``num_batches_tracked`` counter."""
+    return all(key.endswith("num_batches_tracked") for key in keys)
 
 
 def _with_normalization(spec: ModelSpec, model: nn.Module) -> ModelSpec:

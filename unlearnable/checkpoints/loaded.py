@@ -77,20 +77,28 @@ class LoadedModel(nn.Module):
         return self.mean.device
 
     @property
+    def input_dtype(self) -> torch.dtype:
+        """The float precision the network takes: that of its first floating parameter
+        (float32 for most models, float64 for a double-precision archive)."""
+        return next(
+            (p.dtype for p in self.module.parameters() if p.is_floating_point()), torch.float32
+        )
+
+    @property
     def num_classes(self) -> int:
         return self.spec.num_classes
 
     # ------------------------------------------------------------------ forward
 
     def prepare(self, images: Tensor) -> Tensor:
-        """``(B, C, H, W)`` float [0, 1] -> ``(B, in_channels, S, S)`` float32 on the model's
-        device, as the network takes it (normalised when the network does not). Differentiable;
-        the input is not modified."""
+        """``(B, C, H, W)`` float [0, 1] -> ``(B, in_channels, S, S)`` on the model's device in
+        its :attr:`input_dtype` (float32 for most models), as the network takes it (normalised
+        when the network does not). Differentiable; the input is not modified."""
         if not torch.is_tensor(images) or not images.is_floating_point():
             raise TypeError("images must be a float tensor with values in [0, 1]")
         if images.ndim != 4:
             raise ValueError(f"expected images of shape (B, C, H, W), got {tuple(images.shape)}")
-        images = images.to(device=self.device, dtype=torch.float32)
+        images = images.to(device=self.device, dtype=self.input_dtype)
         want, have = self.spec.in_channels, images.shape[1]
         if have != want:
             if have == 1:
@@ -171,10 +179,20 @@ def _per_channel(values: tuple[float, ...], channels: int) -> Tensor:
 
 
 def _logits(out: object) -> Tensor:
+    """The logits in a network's output: the tensor itself, the first of a tuple or list, the
+    ``"logits"`` entry (or only entry) of a dict; ``(B, K, 1, 1)`` is flattened to ``(B, K)``."""
+    if isinstance(out, dict):
+        tensors = [v for v in out.values() if torch.is_tensor(v)]
+        out = out.get("logits", tensors[0] if len(tensors) == 1 else out)
     if isinstance(out, (tuple, list)):
         out = out[0]
     if not torch.is_tensor(out):
-        raise TypeError(f"the model returned {type(out).__name__}, not a tensor of logits")
+        raise TypeError(
+            f"the model returned {type(out).__name__}, not a tensor of logits (nor a tuple or "
+            "a dict with 'logits')"
+        )
+    if out.ndim == 4 and out.shape[-2:] == (1, 1):
+        out = out.flatten(1)
     return out.float()
 
 
