@@ -196,9 +196,24 @@ def make_backdoor(name: str, **parameters: Any) -> BackdoorTrigger:
         factory = BACKDOORS.get(name)
     except KeyError as exc:
         raise UsageError(str(exc).strip('"')) from None
+    fields = getattr(factory, "__dataclass_fields__", {})
+    unknown = sorted(set(parameters) - set(fields)) if fields else []
+    if unknown:
+        raise UsageError(
+            f"{name}: unknown parameter(s) {', '.join(unknown)}; known: {', '.join(fields)}"
+        )
+    for key, value in parameters.items():
+        default = getattr(fields.get(key), "default", None)
+        number = isinstance(default, (int, float)) and not isinstance(default, bool)
+        if number and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise UsageError(f"{name}: {key} must be a number, got {value!r}")
+        if isinstance(default, int) and not isinstance(default, bool) and value != int(value):
+            raise UsageError(f"{name}: {key} must be a whole number, got {value!r}")
+        if isinstance(default, str) and not isinstance(value, str):
+            raise UsageError(f"{name}: {key} must be a name, got {value!r}")
     try:
         return factory(**parameters)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise UsageError(f"{name}: {exc}") from None
 
 
@@ -235,6 +250,61 @@ def backdoor_from_spec(spec: str | Path | dict[str, Any]) -> BackdoorTrigger:
             raise UsageError(f"trigger parameter {item!r} is not KEY=VALUE")
         params[key.strip()] = _value(value.strip())
     return make_backdoor(name.strip(), **params)
+
+
+def trigger_and_target(
+    trigger: str | None, target: str | None, classes: tuple[str, ...] | list[str]
+) -> tuple[str | dict[str, Any] | None, int | None]:
+    """``(trigger spec, target index)`` from purify's ``--trigger`` / ``--target`` options
+    (``(None, None)`` without a trigger). ``trigger``: a trigger.json of ``backdoor train`` or
+    ``NAME[:KEY=VALUE,...]``; ``target``: a class name or index of ``classes`` (default: the
+    trigger file's). :class:`UsageError` for an unreadable file, a bad spec or target."""
+    if trigger is None:
+        if target is not None:
+            raise UsageError("--target needs --trigger")
+        return None, None
+    spec: str | dict[str, Any] = trigger
+    path = Path(trigger)
+    if path.is_file():
+        try:
+            spec = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise UsageError(f"cannot read the trigger description {path}: {exc}") from None
+        if not isinstance(spec, dict):
+            raise UsageError(
+                f"{path} is not a trigger description (a JSON object such as the trigger.json "
+                "of `backdoor train`)"
+            )
+    index = None
+    if target is not None:
+        index = _class_index(target, classes)
+        if index is None:
+            raise UsageError(f"--target {target!r} is not a class of the model")
+    elif isinstance(spec, dict):
+        index = _class_index(spec.get("target_name"), classes)
+        if index is None and spec.get("target") is not None:
+            index = _class_index(spec["target"], classes)
+            if index is None:
+                raise UsageError(
+                    f"the trigger's target {spec['target']!r} is not a class of the model "
+                    f"({len(classes)} classes); give --target"
+                )
+    if index is None:
+        raise UsageError("give --target with --trigger (the trigger names no target)")
+    backdoor_from_spec(spec)  # a bad spec is a usage error before any work
+    return spec, index
+
+
+def _class_index(value: object, classes: tuple[str, ...] | list[str]) -> int | None:
+    """The index of a class given by name or by index (int or digits), else ``None``."""
+    if value is None:
+        return None
+    if str(value) in classes:
+        return list(classes).index(str(value))
+    text = str(value).strip()
+    if text.isdigit() and int(text) < len(classes):
+        return int(text)
+    return None
 
 
 # ------------------------------------------------------------------------------- poisoning
@@ -347,5 +417,6 @@ __all__ = [
     "backdoor_from_spec",
     "make_backdoor",
     "poison_training_set",
+    "trigger_and_target",
     "triggered_test_set",
 ]

@@ -19,7 +19,7 @@ from .common import (
     quiet_option,
     warn,
 )
-from .model_options import load_model_file, model_file_options
+from .model_options import check_output_folder, load_model_file, model_file_options
 
 STATISTICS = ("auto", "labelled", "label-free")  # = unlearnable.audit.STATISTICS (tested)
 
@@ -167,6 +167,7 @@ def audit(
     from ..verify_run import resolve_device
 
     quiet = quiet or as_json
+    check_output_folder(output, probe_dir)
     key = load_key(key_path)
     config = AuditConfig(
         null_keys=null_keys,

@@ -15,6 +15,7 @@ from .common import (
     progress_bars,
     quiet_option,
     summary_table,
+    warn,
 )
 
 ATTACKS = ("badnets", "blend", "wanet")  # = unlearnable.attacks.backdoor.BACKDOORS (tested)
@@ -144,7 +145,9 @@ def train(
     from ..attacks.training import TrainConfig
     from ..defenses.ebyd_subjects import BackdoorTrainOptions, train_backdoor_folder
     from ..verify_run import resolve_device
+    from .model_options import check_output_folder
 
+    check_output_folder(output, data, test_dir)
     options = BackdoorTrainOptions(
         attack=attack,
         target=target,
@@ -178,6 +181,12 @@ def train(
             test=test_dir,
             progress=on_epoch if bars.active else None,
             load_progress=bars.counter("loading"),
+        )
+    if report.get("skipped"):
+        rel, why = next(iter(report["skipped"].items()))
+        warn(
+            f"{len(report['skipped'])} file(s) could not be read and were skipped (listed in "
+            f"report.json), e.g. {rel}: {why}"
         )
     if as_json:
         print_json({k: v for k, v in report.items() if k != "epochs"})

@@ -58,14 +58,19 @@ def parse_classes(text: str | None) -> tuple[str, ...] | None:
     candidate = Path(text[1:] if text.startswith("@") else text)
     if text.startswith("@") or (candidate.is_file() and "," not in text):
         try:
-            lines = candidate.read_text(encoding="utf-8").splitlines()
+            lines = candidate.read_text(encoding="utf-8-sig").splitlines()  # a BOM is no name
         except OSError as exc:
             raise UsageError(f"cannot read class names from {candidate}: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise UsageError(f"cannot read class names from {candidate}: {exc}") from None
         names = tuple(line.strip() for line in lines if line.strip())
     else:
         names = tuple(n.strip() for n in text.split(",") if n.strip())
     if len(names) < 2:
-        raise UsageError(f"--classes needs at least 2 class names, got {len(names)}")
+        hint = ""
+        if len(names) == 1 and ("/" in text or Path(text).suffix):
+            hint = f" ({text!r} is no file here; a file of names is given as @FILE)"
+        raise UsageError(f"--classes needs at least 2 class names, got {len(names)}{hint}")
     return names
 
 
@@ -145,3 +150,45 @@ def load_model_file(path: Path, options: ModelFileOptions, device: str = "cpu"):
         trust_pickle=options.trust_pickle,
         device=resolve_device(device),
     )
+
+
+def refuse_overwriting_model(model_path: Path, model_output: Path) -> None:
+    """``UsageError`` when writing a model to ``model_output`` (a folder, or a ``.json`` /
+    ``.safetensors`` stem, as :func:`~unlearnable.checkpoints.save_model` takes it; a
+    TorchScript ``model.pt`` in that folder too) would replace a file of the model being read
+    from ``model_path``: inputs are never modified."""
+    from ..checkpoints.files import model_paths
+
+    def files(path: Path) -> set[Path]:
+        found = {path, *model_paths(path)}
+        if path.suffix.lower() not in (".json", ".safetensors"):
+            found.add(path / "model.pt")
+        return {p.resolve() for p in found}
+
+    clash = sorted(
+        str(p) for p in files(Path(model_path)) & files(Path(model_output)) if p.exists()
+    )
+    if clash:
+        raise UsageError(
+            f"the output {model_output} would overwrite the input model ({clash[0]}); "
+            "give another -o/--output"
+        )
+
+
+def check_output_folder(output: Path | None, *inputs: Path | None) -> None:
+    """``UsageError`` now, before any work, when ``-o/--output`` names something that is not a
+    folder (an existing file), or lies in one of the input image folders ``inputs`` (its plots
+    would be read as images by the next run, and inputs are never written to)."""
+    if output is None:
+        return
+    output = Path(output)
+    if output.exists() and not output.is_dir():
+        raise UsageError(f"-o/--output {output} is a file; give a folder")
+    target = output.resolve()
+    for folder in inputs:
+        if folder is not None and Path(folder).is_dir():
+            source = Path(folder).resolve()
+            if target == source or source in target.parents:
+                raise UsageError(
+                    f"-o/--output {output} is inside the input folder {folder}; write elsewhere"
+                )

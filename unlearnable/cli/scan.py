@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ..errors import EXIT_FLAGGED
+from ..errors import EXIT_FAILURES, EXIT_FLAGGED
 from .common import (
     device_option,
     json_option,
@@ -18,7 +18,12 @@ from .common import (
     quiet_option,
     summary_table,
 )
-from .model_options import load_model_file, model_file_options
+from .model_options import (
+    check_output_folder,
+    load_model_file,
+    model_file_options,
+    refuse_overwriting_model,
+)
 
 EXPOSURES = ("cul", "random-label")  # = unlearnable.defenses.exposure.EXPOSURES (tested)
 SCORES = ("max-share", "variance")  # = unlearnable.defenses.detection.SCORES (tested)
@@ -210,7 +215,9 @@ def scan(
 ) -> None:
     """Is MODEL backdoored? Expose it with clean unlearning, then read where clean images go.
 
-    Exit code 0: clean; 3: flagged as backdoored (the report names the target class).
+    Exit code 0: clean; 3: flagged as backdoored (the report names the target class); 1:
+    inconclusive (the model does not classify the clean images to begin with: check --classes
+    and the data).
     MODEL may be our format, a state dict (--arch), a TorchScript or a torch.export archive
     (with --classes and --input-size).
     """
@@ -234,6 +241,7 @@ def scan(
         seed=seed,
         exposures=exposures,
     )
+    check_output_folder(output, clean_dir)
     if output is None:
         output = default_run_folder("scan")
     with progress_bars(quiet or as_json, {"loading": "loading images"}) as bars:
@@ -275,6 +283,8 @@ def scan(
             note(text)
     if det.flagged:
         raise click.exceptions.Exit(EXIT_FLAGGED)
+    if det.inconclusive:
+        raise click.exceptions.Exit(EXIT_FAILURES)
 
 
 @click.command("purify")
@@ -375,6 +385,7 @@ def purify(
     MODEL needs batch-norm layers that can be edited: our format or a state dict with --arch
     (TorchScript and torch.export archives are refused; `scan` reads them).
     """
+    from ..attacks.backdoor import trigger_and_target
     from ..defenses.detection import DetectionConfig
     from ..defenses.ebyd_data import load_clean_folder
     from ..defenses.ebyd_report import write_purify_folder
@@ -391,16 +402,20 @@ def purify(
         defense_images=defense_images,
         seed=seed,
     )
+    check_output_folder(output, clean_dir)
+    refuse_overwriting_model(model_path, output)
     with progress_bars(quiet or as_json, {"loading": "loading images"}) as bars:
         model = load_model_file(model_path, model_file, device)
         require_batch_norm(model, f"{model_path} ({model.source_format})")
         clean = load_clean_folder(
             clean_dir, model.spec.classes, model.spec.input_size, bars.counter("loading")
         )
-        spec, target_index = _trigger_spec(trigger, target, model.spec.classes)
+        spec, target_index = trigger_and_target(trigger, target, model.spec.classes)
         result = purify_model(
             model, clean, config, trigger=spec, target=target_index, progress=_on_epoch(bars)
         )
+    if clean.skipped_note():
+        result.notes.append(clean.skipped_note())
     save_purified(result, output)
     write_purify_folder(result, output, _model_info(model))
     if as_json:
@@ -448,41 +463,6 @@ def _unlearned(result) -> str:
 
 def _pct(value) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
-
-
-def _trigger_spec(trigger, target, classes):
-    """(trigger spec or None, target index or None) from the options."""
-    if trigger is None:
-        if target is not None:
-            raise click.UsageError("--target needs --trigger")
-        return None, None
-    from ..attacks.backdoor import backdoor_from_spec
-
-    spec = trigger
-    path = Path(trigger)
-    if path.is_file():
-        import json
-
-        spec = json.loads(path.read_text(encoding="utf-8"))
-    index = None
-    if target is not None:
-        if target in classes:
-            index = list(classes).index(target)
-        elif target.isdigit() and int(target) < len(classes):
-            index = int(target)
-        else:
-            raise click.BadParameter(
-                f"{target!r} is not a class of the model", param_hint="--target"
-            )
-    elif isinstance(spec, dict):
-        if spec.get("target_name") in classes:
-            index = list(classes).index(spec["target_name"])
-        elif "target" in spec:
-            index = int(spec["target"])
-    if index is None:
-        raise click.UsageError("give --target with --trigger (the trigger names no target)")
-    backdoor_from_spec(spec)  # a bad spec is a usage error before any work
-    return spec, index
 
 
 COMMANDS = (scan, purify)

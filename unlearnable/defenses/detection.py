@@ -115,9 +115,15 @@ class Detection:
     exposures: tuple[tuple[float, ...], ...] = ()
     readout: str = "final"
     prior: tuple[float, ...] | None = None
+    inconclusive: str | None = None
 
     @property
     def verdict(self) -> str:
+        """``"backdoored"``, ``"clean"``, or ``"inconclusive"`` (``inconclusive`` says why: the
+        model did not classify the clean images to begin with, so its collapse tells
+        nothing)."""
+        if self.inconclusive:
+            return "inconclusive"
         return "backdoored" if self.flagged else "clean"
 
     @property

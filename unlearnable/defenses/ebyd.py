@@ -32,9 +32,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..errors import UsageError
+from ..training.classification import to_float_images
 from .detection import (
     Detection,
     DetectionConfig,
@@ -43,7 +45,7 @@ from .detection import (
     read_out,
 )
 from .ebyd_data import CleanSet, load_clean_folder, split_defense, split_parts
-from .exposure import ExposureConfig, ExposureResult, expose
+from .exposure import ExposureConfig, ExposureResult, clone_model, expose, stop_threshold
 
 REPORT_VERSION = 2
 
@@ -105,8 +107,10 @@ def _model_and_data(
     if isinstance(model, (str, Path)):
         source = str(model)
         model = load_model(model, device=device or "cpu")
-    elif device is not None:
-        model = model.to(device)
+    elif not isinstance(model, nn.Module):
+        raise UsageError(f"model must be a path or an nn.Module, not {type(model).__name__}")
+    else:
+        model = _working_model(model, device)
     if isinstance(clean, (str, Path)):
         if not isinstance(model, LoadedModel):
             raise UsageError("give the clean data as a CleanSet for a model without a spec")
@@ -119,10 +123,56 @@ def _model_and_data(
                 "the CleanSet's classes are not the model's classes (by name, in output order)"
             )
         source = source or str(model.source)
+    _check_outputs(model, clean)
     defense_idx, holdout_idx = split_defense(clean.labels, defense_images, seed)
     return Subject(
         model, tuple(clean.classes), clean.subset(defense_idx), clean.subset(holdout_idx), source
     )
+
+
+def _working_model(model: nn.Module, device: str | None) -> nn.Module:
+    """``model`` itself, or a copy on ``device`` when it is elsewhere, in float32 when it is in
+    another precision (a float64 ``nn.Module``, say): the caller's model is never moved or
+    converted. A LoadedModel keeps its precision (it feeds its network in it)."""
+    from ..checkpoints import LoadedModel
+
+    params = [p for p in model.parameters() if p.is_floating_point()]
+    here = params[0].device if params else torch.device("cpu")
+    moved = device is not None and torch.device(device) != here
+    convert = not isinstance(model, LoadedModel) and any(p.dtype != torch.float32 for p in params)
+    if not moved and not convert:
+        return model
+    copy = clone_model(model).to(device=device or here)
+    return copy.to(dtype=torch.float32) if convert else copy
+
+
+@torch.no_grad()
+def _check_outputs(model: nn.Module, clean: CleanSet) -> None:
+    """``UsageError`` unless ``model`` gives ``(B, len(clean.classes))`` logits on the clean
+    images (one eval-mode forward on a single image; the model's mode is restored)."""
+    if len(clean) == 0:
+        raise UsageError("the clean data holds no images")
+    modes = [(module, module.training) for module in model.modules()]
+    model.train(False)
+    try:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        out = model(to_float_images(clean.images[:1]).to(device))
+    except Exception as exc:
+        raise UsageError(
+            f"the model fails on a clean image of shape {tuple(clean.images[:1].shape)}: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    finally:
+        for module, training in modes:  # each module's own mode, mixed ones too
+            module.training = training
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    if not torch.is_tensor(out) or out.ndim != 2 or out.shape[1] != len(clean.classes):
+        shape = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
+        raise UsageError(
+            f"class count does not match: the clean data has {len(clean.classes)} classes, "
+            f"but the model gives outputs of shape {shape}"
+        )
 
 
 def _stage(progress: StageProgress | None, stage: str):
@@ -229,11 +279,39 @@ def _exposure_notes(result: ExposureResult) -> list[str]:
             "epochs, the verdict reads an incompletely exposed model"
         )
     if result.rows[0]["clean_acc"] <= (threshold or 0):
-        notes.append(
-            "the model's clean accuracy on the defense set is already at or below the "
-            "stop threshold before exposure: check the class names and the data"
-        )
+        notes.append(_AT_CHANCE)
     return notes
+
+
+_AT_CHANCE = (
+    "the model's clean accuracy on the defense set is already at or below the stop threshold "
+    "before exposure: check the class names and the data"
+)
+
+
+def _unless_at_chance(
+    detection: Detection, runs: list[ExposureResult], subject: Subject
+) -> Detection:
+    """``detection``, or an unflagged ``"inconclusive"`` one when the original model classifies
+    the defense images no better than the exposure's stop level (that of a model predicting
+    one class for everything, see :func:`~.exposure.stop_threshold`) before any exposure: its
+    collapse then says nothing about a backdoor (class names in another order, other data, an
+    untrained model)."""
+    auto = dataclasses.replace(runs[0].config, early_stop=True, stop_accuracy=None)
+    level = stop_threshold(auto, subject.defense.labels) or 0.0
+    before = max(run.rows[0]["clean_acc"] for run in runs)
+    if before > level:
+        return detection
+    return dataclasses.replace(
+        detection,
+        flagged=False,
+        target=None,
+        inconclusive=(
+            f"the model classifies the clean defense images at {before:.3f} before any "
+            f"exposure, no better than predicting one class for all ({level:.3f}): check that "
+            "--classes names its outputs in order and that the data is what it was trained on"
+        ),
+    )
 
 
 def scan_model(
@@ -256,10 +334,32 @@ def scan_model(
     gets stage ``"expose"`` (``"expose 2"``, ... for the further exposures).
     """
     config = config or ScanConfig()
+    modes = [(m, m.training) for m in model.modules()] if isinstance(model, nn.Module) else []
+    try:
+        return _scan(model, clean, config, device, progress, load_progress)
+    finally:
+        for module, training in modes:  # the caller's modes, mixed ones too, as they were
+            module.training = training
+
+
+def _scan(
+    model: Any,
+    clean: Any,
+    config: ScanConfig,
+    device: str | None,
+    progress: StageProgress | None,
+    load_progress: Callable[[int, int], None] | None,
+) -> ScanResult:
     subject = _model_and_data(
         model, clean, config.defense_images, config.seed, device, load_progress
     )
     parts = split_parts(subject.defense.labels, config.exposures, config.seed)
+    if min(len(part) for part in parts) < 2:
+        raise UsageError(
+            f"{config.exposures} exposures split the {len(subject.defense)} defense images "
+            f"into parts of {min(len(part) for part in parts)} image(s); each needs at least 2: "
+            "lower --exposures, or give more clean images (--defense-images)"
+        )
     runs = []
     for j, part in enumerate(parts):
         defense = subject.defense.subset(part)
@@ -275,17 +375,24 @@ def scan_model(
                 progress=_stage(progress, "expose" if j == 0 else f"expose {j + 1}"),
             )
         )
-    detection = detect_exposures(
-        [r.rows for r in runs], config.detection, _prior(subject, config.detection)
+    detection = _unless_at_chance(
+        detect_exposures(
+            [r.rows for r in runs], config.detection, _prior(subject, config.detection)
+        ),
+        runs,
+        subject,
     )
     which: dict[str, list[str]] = {}
     for j, run in enumerate(runs):
         for text in _exposure_notes(run):
-            which.setdefault(text, []).append(str(j + 1))
+            if not (detection.inconclusive and text == _AT_CHANCE):  # said by the verdict
+                which.setdefault(text, []).append(str(j + 1))
     notes = [
         text if len(runs) == 1 else f"exposure {', '.join(numbers)}: {text}"
         for text, numbers in which.items()
     ]
+    if detection.inconclusive:
+        notes.insert(0, f"verdict inconclusive: {detection.inconclusive}")
     if len(runs) > 1 and not detection.agree:
         notes.append(
             "the exposures disagree on where clean images collapse (top classes "
@@ -299,6 +406,9 @@ def scan_model(
         )
     if len(subject.holdout) == 0:
         notes.append("no held-out clean images: the histogram is read on the defense set")
+    skipped = subject.defense.skipped_note()
+    if skipped:
+        notes.append(skipped)
     return ScanResult(
         detection,
         runs,

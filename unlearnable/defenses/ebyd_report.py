@@ -129,7 +129,9 @@ def write_scan_folder(
         "",
         *_model_lines(result.source),
         f"- verdict: **{det.verdict}** ({det.score_name} {det.score:.3f} "
-        f"{'>=' if det.flagged else '<'} threshold {det.threshold:g})",
+        f"{'>=' if det.score >= det.threshold else '<'} threshold {det.threshold:g}"
+        + (f"; {det.inconclusive}" if det.inconclusive else "")
+        + ")",
         f"- target class: {result.target_name or '-'} (dominance needed: "
         f"{result.config.detection.dominance:g})",
         f"- {len(exposures)} independent exposure(s) on disjoint parts of the defense set; "

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from ..attacks.backdoor import (
@@ -30,7 +31,7 @@ from ..errors import InputError, UsageError
 from ..io.discover import discover_images
 from ..io.images import ImageDecodeError, decode_image
 from ..training.classification import evaluate
-from .ebyd_data import load_clean_folder, split_defense
+from .ebyd_data import check_utf8_names, load_clean_folder, split_defense
 
 
 @dataclass
@@ -109,14 +110,30 @@ class BackdoorTrainOptions:
 
 
 def _first_size(root: Path) -> int:
+    """The short side (at most 224) of the first readable image below ``root``."""
     found = discover_images(root)
     if not found.files:
         raise InputError(f"no images found in {root}")
+    problem = ""
+    for rel in found.files:
+        try:
+            pixels = decode_image((root / rel).read_bytes()).pixels
+        except (OSError, ImageDecodeError) as exc:
+            problem = problem or f"{root / rel}: {exc}"
+            continue
+        return int(min(min(pixels.shape[:2]), 224))
+    raise InputError(f"no image below {root} can be read (e.g. {problem})")
+
+
+def _check_device(device: str | None) -> None:
+    """``UsageError`` now, not after loading the data, for a device torch cannot use."""
+    if device is None:
+        return
     try:
-        pixels = decode_image((root / found.files[0]).read_bytes()).pixels
-    except (OSError, ImageDecodeError) as exc:
-        raise InputError(f"cannot read {root / found.files[0]}: {exc}") from None
-    return int(min(min(pixels.shape[:2]), 224))
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError, TypeError) as exc:
+        first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise UsageError(f"cannot train on device {device!r}: {first.strip()}") from None
 
 
 def _class_names(root: Path) -> tuple[str, ...]:
@@ -124,6 +141,7 @@ def _class_names(root: Path) -> tuple[str, ...]:
         raise InputError(f"data folder not found: {root}")
     found = discover_images(root)
     names = sorted({f.split("/", 1)[0] for f in found.files if "/" in f})
+    check_utf8_names(names, root)
     if len(names) < 2:
         raise InputError(f"{root} needs class subfolders with images of at least 2 classes")
     return tuple(names)
@@ -154,6 +172,7 @@ def train_backdoor_folder(
     from ..run_folder import RunFolder
 
     options = options or BackdoorTrainOptions()
+    _check_device(options.train.device)
     data = Path(data)
     classes = _class_names(data)
     size = options.image_size or _first_size(data)
@@ -164,9 +183,19 @@ def train_backdoor_folder(
         test_set = load_clean_folder(test, classes, size)
         train_set = clean
     else:
+        if len(clean) < 5:
+            raise InputError(
+                f"{data} has {len(clean)} readable image(s): too few to hold out a test set; "
+                "give more images or a separate --test folder"
+            )
         n_test = max(len(classes), round(options.test_fraction * len(clean)))
         test_idx, train_idx = split_defense(clean.labels, n_test, options.seed)
         train_set, test_set = clean.subset(train_idx), clean.subset(test_idx)
+    if len(train_set) < 2 or len(test_set) < 1:
+        raise InputError(
+            f"{len(train_set)} training and {len(test_set)} test image(s): backdoor train needs "
+            "at least 2 and 1; give more images"
+        )
     poison = PoisonConfig(target=target, rate=options.rate, seed=options.seed)
     run = train_backdoored(
         train_set.images,
@@ -193,6 +222,7 @@ def train_backdoor_folder(
         "classes": list(classes),
         "arch": options.arch,
         "image_size": size,
+        "skipped": {**clean.skipped, **({} if test is None else test_set.skipped)},
         "epochs": run.rows,
     }
     spec = ModelSpec(
