@@ -109,12 +109,18 @@ def as_predictor(model: Any) -> Predictor:
 
         @torch.no_grad()
         def predict(images: Tensor) -> Tensor:
-            was_training = module.training
+            from ..checkpoints.loaded import _logits
+
+            param = next((p for p in module.parameters() if p.is_floating_point()), None)
+            if param is not None:  # the module's own device and precision (float64, say)
+                images = images.to(device=param.device, dtype=param.dtype)
+            modes = [(m, m.training) for m in module.modules()]
             module.eval()
             try:
-                return module(images).argmax(dim=1)
+                return _logits(module(images)).argmax(dim=1)
             finally:
-                module.train(was_training)
+                for m, training in modes:  # each module's own mode, mixed ones too
+                    m.training = training
 
         return predict
     if hasattr(model, "predict") and callable(model.predict):
@@ -208,6 +214,11 @@ def audit_model(
         labels = probe_targets([probe_labels[i] for i in chosen], match)
 
     clean = _predict_all(predict, images, config.batch_size)
+    if model_classes is not None and clean.size and int(clean.max()) >= len(model_classes):
+        raise UsageError(
+            f"the model predicts class index {int(clean.max())}, but {len(model_classes)} model "
+            "class names were given: name every output of the model, in order"
+        )
     keys = [key, *null_keys(config.seed, config.null_keys, exclude=key)]
     group = _keys_per_group(len(plan.classes), images)
     parts: list[np.ndarray] = []

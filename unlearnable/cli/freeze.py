@@ -15,8 +15,9 @@ from .common import (
     progress_bars,
     quiet_option,
     summary_table,
+    warn,
 )
-from .model_options import model_file_options
+from .model_options import check_output_folder, model_file_options, refuse_overwriting_model
 
 TASK_CHOICES = ("auto", "classification", "diffusion")  # = TASKS names + auto (tested)
 LEVELS = ("tensor", "channel")  # = unlearnable.defenses.freeze_mask.LEVELS (tested)
@@ -36,6 +37,17 @@ def _adapter_class(task: str, model_path: Path):
     from ..defenses.freeze_adapters import TASKS, detect_task
 
     return TASKS.get(detect_task(model_path) if task == "auto" else task)
+
+
+def _warn_skipped(data, folder) -> None:
+    """A warning on stderr naming the files of ``folder`` that could not be read."""
+    skipped = dict(getattr(data, "skipped", None) or {})
+    if skipped:
+        rel, why = next(iter(skipped.items()))
+        warn(
+            f"{len(skipped)} file(s) of {folder} could not be read and were skipped, "
+            f"e.g. {rel}: {why}"
+        )
 
 
 def _pct(value: float) -> str:
@@ -114,6 +126,7 @@ def freeze(
 
     if exclude and mask_head:
         raise click.UsageError("give --exclude or --mask-head, not both")
+    check_output_folder(output, illegal, legal)
     config = FreezeConfig(
         ratio=ratio, level=level, exclude=tuple(exclude) if exclude else (() if mask_head else None),
         steps=steps, user_interval=user_interval, batch_size=batch_size, user_lr=user_lr,
@@ -124,6 +137,8 @@ def freeze(
     model, adapter = adapter_class.open(model_path, model_file, config.device)
     ill = adapter.load_data(model, illegal, limit)
     leg = adapter.load_data(model, legal, limit)
+    _warn_skipped(ill, illegal)
+    _warn_skipped(leg, legal)
     output = output or _default_run_folder("freeze")
     with progress_bars(quiet or as_json, {"steps": "learning the mask"}) as bars:
 
@@ -219,6 +234,9 @@ def finetune(
     from ..defenses.freeze_report import write_finetune_run
     from ..verify_run import resolve_device
 
+    check_output_folder(output, data, test_dir)
+    if output is not None:
+        refuse_overwriting_model(model_path, Path(output) / "model")
     mask = load_mask(mask_path)
     config = FinetuneConfig(
         epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
@@ -226,8 +244,11 @@ def finetune(
     )  # fmt: skip
     adapter_class = _adapter_class(mask.task if task == "auto" else task, model_path)
     model, adapter = adapter_class.open(model_path, model_file, config.device)
+    adapter.check_savable(model)
     train = adapter.load_data(model, data, limit)
     test = adapter.load_data(model, test_dir, limit) if test_dir is not None else None
+    _warn_skipped(train, data)
+    _warn_skipped(test, test_dir)
     output = output or _default_run_folder("finetune")
     with progress_bars(quiet or as_json, {"epochs": "fine-tuning"}) as bars:
 

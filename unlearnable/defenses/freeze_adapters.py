@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +95,11 @@ class TaskAdapter(ABC):
         """Write the (fine-tuned) ``model`` into ``folder`` (CLI); returns what was written."""
         raise UsageError(f"the {self.name} task cannot save models")
 
+    def check_savable(self, model: nn.Module) -> None:
+        """Raise :class:`UsageError` now, before any training, when :meth:`save` could not
+        write ``model`` (default: no check)."""
+        return None
+
 
 TASKS: Registry[type[TaskAdapter]] = Registry("freeze task")
 
@@ -114,10 +119,12 @@ def detect_task(path: Path) -> str:
 @dataclass(frozen=True)
 class ClassificationData:
     """Labelled images: ``images`` ``(N, C, H, W)`` uint8 (or float in [0, 1]), ``labels``
-    int64 ``(N,)`` indices into the model's outputs."""
+    int64 ``(N,)`` indices into the model's outputs; ``skipped``: relative path -> why, for
+    files of the folder that could not be read and were left out."""
 
     images: Tensor
     labels: Tensor
+    skipped: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4 or self.labels.ndim != 1:
@@ -128,7 +135,7 @@ class ClassificationData:
             raise InputError("a data set needs at least 2 images")
 
     def subset(self, index: Tensor) -> ClassificationData:
-        return ClassificationData(self.images[index], self.labels[index])
+        return ClassificationData(self.images[index], self.labels[index], self.skipped)
 
 
 @TASKS.register("classification")
@@ -159,7 +166,7 @@ class ClassificationAdapter(TaskAdapter):
 
     def loss(self, model: nn.Module, batch: Any) -> Tensor:  # noqa: D102
         images, labels = batch
-        logits, labels = self._restricted(model(images), labels)
+        logits, labels = self._restricted(model(_as_model_dtype(images, model)), labels)
         return F.cross_entropy(logits.float(), labels)
 
     def batches(self, data, batch_size, device, generator):  # noqa: D102
@@ -186,7 +193,7 @@ class ClassificationAdapter(TaskAdapter):
             for start in range(0, n, batch_size):
                 x = to_float_images(data.images[start : start + batch_size].to(device))
                 y = data.labels[start : start + batch_size].to(device)
-                logits, y = self._restricted(model(x), y)
+                logits, y = self._restricted(model(_as_model_dtype(x, model)), y)
                 total += float(F.cross_entropy(logits.float(), y, reduction="sum"))
                 correct += int((logits.argmax(1) == y).sum())
         finally:
@@ -222,13 +229,28 @@ class ClassificationAdapter(TaskAdapter):
             raise UsageError("reading a folder needs a model loaded with load_model (its classes)")
         return load_classification_folder(folder, spec.classes, spec.input_size, limit)
 
+    def check_savable(self, model: nn.Module) -> None:
+        """``UsageError`` (before any training) unless :meth:`save` can write ``model``: our
+        format (or a state dict of a registered architecture) or a TorchScript archive."""
+        from ..checkpoints import LoadedModel
+
+        if isinstance(model, LoadedModel) and (
+            model.spec.arch is not None or isinstance(model.module, torch.jit.ScriptModule)
+        ):
+            return
+        raise UsageError(
+            "this model cannot be saved after fine-tuning: only unlearnable's own format "
+            "(model.json + safetensors), a state dict with --arch, or a TorchScript archive; a "
+            "torch.export archive cannot be re-exported (export its state dict and use --arch)"
+        )
+
     def save(self, model, folder, note):  # noqa: D102
         from ..checkpoints import LoadedModel, ModelSpec, save_model
 
-        if not isinstance(model, LoadedModel) or model.spec.arch is None:
-            raise UsageError(
-                "only models in unlearnable's own format (model.json + safetensors) can be saved"
-            )
+        self.check_savable(model)
+        assert isinstance(model, LoadedModel)
+        if model.spec.arch is None:  # a TorchScript archive: written back as one
+            return _save_script(model.module, Path(folder) / "model.pt")
         spec = model.spec
         spec = ModelSpec(
             classes=spec.classes, input_size=spec.input_size, arch=spec.arch,
@@ -237,6 +259,29 @@ class ClassificationAdapter(TaskAdapter):
             metadata={**dict(spec.metadata), "freeze_finetune": dict(note)},
         )  # fmt: skip
         return save_model(model.module, folder, spec)
+
+
+def _as_model_dtype(images: Tensor, model: nn.Module) -> Tensor:
+    """Float ``images`` in the precision of ``model``'s first floating parameter (a float64
+    model gets float64 inputs); unchanged when they already match or the model has none."""
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), images.dtype)
+    return images if images.dtype == dtype else images.to(dtype)
+
+
+def _save_script(module: torch.jit.ScriptModule, path: Path) -> Path:
+    """Write a TorchScript module atomically to ``path`` (``torch.jit.save``); returns it."""
+    import io
+    import warnings
+
+    from ..io.atomic import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated upstream
+        torch.jit.save(module, buffer)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
 
 
 def load_classification_folder(
@@ -248,17 +293,20 @@ def load_classification_folder(
     """Images in class subfolders (``folder/<class>/*.jpg``) as :class:`ClassificationData`:
     square RGB uint8 ``(N, 3, image_size, image_size)``, labels = the index of the subfolder's
     name in ``classes`` (the model's output order). ``limit``: at most that many images per
-    class (the first in sorted order). ``InputError`` for an empty folder, files outside class
-    subfolders, or a class the model does not have."""
+    class (the first in sorted order). Unreadable files are left out and listed in
+    :attr:`ClassificationData.skipped`. ``InputError`` for an empty folder, files outside class
+    subfolders, a class the model does not have, or fewer than 2 readable images."""
     from ..datasets import assign_labels
     from ..imageops import square_rgb, to_uint8
     from ..io.discover import discover_images
     from ..io.images import ImageDecodeError, decode_image
+    from .ebyd_data import near_miss_hint, printable
 
     root = Path(folder)
     if not root.is_dir():
         raise InputError(f"data folder not found: {root}")
-    files = discover_images(root).files
+    found = discover_images(root)
+    files = found.files
     if not files:
         raise InputError(f"no images found in {root}")
     assignment = assign_labels(root, files, "folders")
@@ -273,7 +321,7 @@ def load_classification_folder(
     if unknown:
         raise InputError(
             f"{root}: class folder(s) {', '.join(unknown[:5])} are not classes of the model "
-            f"({', '.join(list(classes)[:10])})"
+            f"({', '.join(list(classes)[:10])})" + near_miss_hint(unknown, classes)
         )
     chosen: list[str] = []
     per_class: dict[str, int] = {}
@@ -284,14 +332,24 @@ def load_classification_folder(
         per_class[label] = per_class.get(label, 0) + 1
         chosen.append(rel)
     images = torch.empty((len(chosen), 3, image_size, image_size), dtype=torch.uint8)
-    for i, rel in enumerate(chosen):
+    kept: list[str] = []
+    skipped = {printable(rel): why for rel, why in found.problems.items()}
+    for rel in chosen:
         try:
             decoded = decode_image((root / rel).read_bytes())
         except (OSError, ImageDecodeError) as exc:
-            raise InputError(f"cannot read {root / rel}: {exc}") from None
-        images[i] = to_uint8(square_rgb(decoded.pixels, image_size))
-    labels = torch.tensor([index[assignment.labels[rel]] for rel in chosen], dtype=torch.long)
-    return ClassificationData(images, labels)
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            skipped[printable(rel)] = why
+            continue
+        images[len(kept)] = to_uint8(square_rgb(decoded.pixels, image_size))
+        kept.append(rel)
+    if len(kept) < 2:
+        raise InputError(
+            f"{root}: {len(kept)} readable image(s); {len(skipped)} could not be read"
+            + ("" if not skipped else f", e.g. {next(iter(skipped.items()))}")
+        )
+    labels = torch.tensor([index[assignment.labels[rel]] for rel in kept], dtype=torch.long)
+    return ClassificationData(images[: len(kept)].clone(), labels, skipped)
 
 
 def _register_optional() -> None:

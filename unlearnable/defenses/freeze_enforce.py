@@ -148,8 +148,9 @@ def finetune(
     callbacks: Sequence[Callback] = (),
 ) -> FinetuneResult:
     """Fine-tune ``model`` in place on ``data`` with the tensors of ``mask`` frozen (see the
-    module docstring). ``eval_data``: evaluated after every epoch (``eval_*`` columns).
-    ``progress(epoch, epochs, row)`` after every epoch. Raises ``MaskFileError`` for a mask of
+    module docstring); its train/eval mode and ``requires_grad`` flags are left as they were.
+    ``eval_data``: evaluated after every epoch (``eval_*`` columns). ``progress(epoch, epochs,
+    row)`` after every epoch. Raises ``MaskFileError`` for a mask of
     another model, ``IntegrityError`` for frozen values that are not the release's or that
     changed (which would be a bug)."""
     config = config or FinetuneConfig()
@@ -190,6 +191,7 @@ def finetune(
     batches = adapter.batches(
         data, config.batch_size, device, stream_generator(config.seed, "finetune")
     )
+    modes = [(module, module.training) for module in model.modules()]
     try:
         history = fit(
             model,
@@ -210,6 +212,8 @@ def finetune(
     finally:
         for hook in hooks:
             hook.remove()
+        for module, training in modes:  # the caller's modes, whatever fit() left
+            module.training = training
     changed = []
     for name, p, channels, before in snapshots:
         now, then = p.detach(), before

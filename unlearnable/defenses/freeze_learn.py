@@ -47,7 +47,6 @@ since the previous row.
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -59,6 +58,7 @@ from torch import nn
 
 from ..errors import UsageError
 from ..training import Callback, FitConfig, History, ParamFilter, fit, stream_generator
+from .exposure import clone_model
 from .freeze_adapters import ClassificationAdapter, TaskAdapter
 from .freeze_mask import (
     LEVELS,
@@ -206,7 +206,7 @@ def relearn(
     relearning between several masks."""
     config = config or FreezeConfig()
     adapter = adapter or ClassificationAdapter()
-    work = copy.deepcopy(model).to(config.device).float()
+    work = clone_model(model).to(config.device).float()
     ids = {id(p) for p in adapter.maskable(work).parameters() if p.requires_grad}
     params = ParamFilter.where(lambda _, p: id(p) in ids)
     return work, _relearn(work, illegal, legal, adapter, config, params)
@@ -240,7 +240,7 @@ def learn_freeze_mask(
     start = time.perf_counter()
     device = torch.device(config.device)
     release = adapter.maskable(model)
-    work = copy.deepcopy(model if start_from is None else start_from).to(device).float()
+    work = clone_model(model if start_from is None else start_from).to(device).float()
     root = adapter.maskable(work)
     named = [(n, p) for n, p in root.named_parameters() if p.requires_grad]
     if not named:
