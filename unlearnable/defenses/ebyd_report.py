@@ -263,6 +263,8 @@ def _unlearn_line(result: PurifyResult) -> str:
     if result.unlearned is None:
         if result.config.unlearn is None:
             return "- trigger unlearning: off"
+        if det.inconclusive:
+            return "- trigger unlearning: skipped, the verdict is inconclusive (see the notes)"
         return f"- trigger unlearning: skipped, no target detected (score {det.score:.2f})"
     found = ", ".join(
         f"{t.mask_pixels:.0f} px (hit rate {100 * t.hit_rate:.0f}%)"
@@ -271,6 +273,11 @@ def _unlearn_line(result: PurifyResult) -> str:
     return (
         f"- trigger unlearning: target {result.classes[det.target]} (detected, score "
         f"{det.score:.2f}); recovered triggers {found}"
+        + (
+            "; batch-norm statistics measured again on the clean defense images"
+            if result.config.unlearn is not None and result.config.unlearn.recalibrate
+            else ""
+        )
     )
 
 

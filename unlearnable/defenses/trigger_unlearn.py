@@ -18,6 +18,11 @@ Exposure (:mod:`.exposure`) names the class ``t`` that clean inputs collapse int
    clean behaviour (500 images alone would cost several points of clean accuracy).
 3. **Rounds**: after round ``r`` the trigger is recovered again on the unlearned model, and the
    next round unlearns from the starting model with every trigger found so far.
+4. **Batch-norm statistics re-estimated** (``recalibrate``): the unlearning's batches are 30 %
+   stamped, so the running means and variances it leaves describe a mix the model never sees
+   in use. They are measured again on the clean defense images (and their mirror images), with
+   the weights unchanged. On the benchmark this gave back 1.2-2.6 points of clean accuracy on
+   all five flagged models; ASR stayed under 10 % (one Blend model went from 1.9 to 7.6 %).
 
 Measured on the EBYD benchmark's small CIFAR CNNs (``benchmarks/ebyd_cifar10.py``,
 ``benchmarks/ebyd_removal_sweep.py``): stamping with a random pattern or a shuffled mask
@@ -57,6 +62,7 @@ class UnlearnConfig:
     stamp_fraction: float = 0.3
     distill: float = 0.5
     batch_size: int = 64
+    recalibrate: bool = True
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -281,13 +287,42 @@ def unlearn_backdoor(
             triggers.append(
                 recover_trigger(tuned, images, labels, target, config, seed=config.seed + r + 1)
             )
+    if config.recalibrate:
+        tuned = recalibrate_norm_stats(tuned, images, config.batch_size)
     return UnlearnResult(tuned, triggers, rows)
+
+
+def recalibrate_norm_stats(model: nn.Module, images: Tensor, batch_size: int = 64) -> nn.Module:
+    """A copy of ``model`` whose batch-norm running means and variances are measured afresh on
+    ``images`` (uint8 or float ``(N, C, H, W)``) and their horizontal mirrors: a cumulative
+    average over the batches, no gradient, every weight unchanged; returned in eval mode."""
+    tuned = clone_model(model)
+    if images.shape[0] < 2:
+        return tuned.eval()  # nothing to measure statistics on: keep the ones it has
+    layers = [m for m in tuned.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in layers]
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None  # cumulative average
+    device = _device_of(tuned, None)
+    tuned.train()
+    with torch.no_grad():
+        for start in range(0, images.shape[0], batch_size):
+            x = to_float_images(images[start : start + batch_size]).to(device)
+            if x.shape[0] < 2:
+                continue  # a batch of one has no variance to measure
+            tuned(x)
+            tuned(x.flip(-1))
+    for layer, momentum in zip(layers, momenta, strict=True):
+        layer.momentum = momentum
+    return tuned.eval()
 
 
 __all__ = [
     "RecoveredTrigger",
     "UnlearnConfig",
     "UnlearnResult",
+    "recalibrate_norm_stats",
     "recover_trigger",
     "unlearn_backdoor",
     "unlearn_triggers",
