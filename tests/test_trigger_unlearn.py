@@ -18,6 +18,7 @@ from unlearnable.defenses.exposure import ExposureConfig
 from unlearnable.defenses.removal import MaskConfig, prune_channels, require_batch_norm
 from unlearnable.defenses.trigger_unlearn import (
     UnlearnConfig,
+    recalibrate_norm_stats,
     recover_trigger,
     unlearn_backdoor,
     unlearn_triggers,
@@ -78,6 +79,33 @@ def test_unlearning_removes_the_backdoor_and_keeps_pruned_channels_at_zero(backd
     assert all(torch.equal(v, before[k]) for k, v in pruned.state_dict().items())
 
 
+def test_norm_statistics_are_measured_again_on_the_clean_images_only() -> None:
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.BatchNorm2d(3), torch.nn.Conv2d(3, 2, 1))
+    with torch.no_grad():
+        net[0].running_mean.fill_(5.0)
+        net[0].running_var.fill_(9.0)
+        net[0].weight.mul_(2.0)
+    net.train()  # the caller's mode is kept
+    before = _snapshot(net)
+    images = torch.randint(0, 256, (10, 3, 4, 4), dtype=torch.uint8)
+    tuned = recalibrate_norm_stats(net, images, batch_size=4)
+    x = images.float() / 255
+    bn = tuned[0]
+    # a cumulative average over the batches (4, 4, 2 images) and their mirrors
+    means = [x[s : s + 4].mean(dim=(0, 2, 3)) for s in (0, 4, 8)]
+    expected = (means[0] + means[1] + means[2]) / 3  # a mirror has the same channel means
+    assert torch.allclose(bn.running_mean, expected, atol=1e-6)
+    assert float(bn.running_var.min()) < 1.0  # pixels in [0, 1] vary far less than 9
+    assert not tuned.training and net.training
+    assert torch.equal(bn.weight, net[0].weight) and torch.equal(tuned[1].weight, net[1].weight)
+    assert bn.momentum == net[0].momentum
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
+    # a single image has no variance: the statistics it had are kept
+    kept = recalibrate_norm_stats(net, images[:1])
+    assert torch.equal(kept[0].running_mean, net[0].running_mean)
+
+
 def test_unlearning_settings_are_checked(backdoored) -> None:
     images, labels = synthetic(40, seed=3)
     with pytest.raises(UsageError, match="stamp_fraction"):
@@ -134,3 +162,24 @@ def test_purify_cli_reports_the_unlearned_trigger(runner, tmp_path, backdoored) 
     saved = load_model(out).spec.metadata["purified"]
     assert saved["method"] == "ebyd-rnp+trigger-unlearning"
     assert saved["unlearned_target"] == report["detected_target"]
+
+
+def test_purify_names_no_target_on_a_model_at_chance_and_keeps_the_callers_modes() -> None:
+    from .test_ebyd import tiny_bn
+
+    torch.manual_seed(0)
+    untrained = tiny_bn(4, 16)  # random weights: at chance on the clean images
+    untrained.train()
+    untrained[1].eval()  # mixed modes, as a caller may leave them
+    modes = [m.training for m in untrained.modules()]
+    before = _snapshot(untrained)
+    clean = CleanSet(*synthetic(160, seed=3), CLASSES)
+    config = PurifyConfig(exposure=ExposureConfig(batch_size=32, max_epochs=2),
+                          masks=MaskConfig(epochs=1), defense_images=80, unlearn=FAST,
+                          detection=DetectionConfig(threshold=0.0))  # fmt: skip
+    result = purify_model(untrained, clean, config)
+    assert result.detection.verdict == "inconclusive" and result.detection.target is None
+    assert result.unlearned is None
+    assert any("no trigger to unlearn" in n for n in result.notes)
+    assert [m.training for m in untrained.modules()] == modes
+    assert all(torch.equal(v, before[k]) for k, v in untrained.state_dict().items())

@@ -5,8 +5,9 @@
 2. learns batch-norm masks on the exposed copy and prunes the lowest channels of the
    **original** model, choosing how much from clean accuracy only (:mod:`.removal`, RNP);
 3. when a target was detected, recovers a trigger toward it and unlearns it from the pruned
-   model (:mod:`.trigger_unlearn`; ``PurifyConfig(unlearn=None)`` skips this stage). Pruning
-   alone removed a Blend backdoor but not BadNets ones on the benchmark's small CNNs.
+   model, then measures the batch-norm statistics again on the clean defense images
+   (:mod:`.trigger_unlearn`; ``PurifyConfig(unlearn=None)`` skips this stage). Pruning alone
+   removed a Blend backdoor but not BadNets ones on the benchmark's small CNNs.
 
 It reports clean accuracy before/after on held-out clean images and, for a known trigger, the
 attack success rate (never used for a choice). The clean-data split and model loading are
@@ -27,7 +28,16 @@ from torch import nn
 from ..errors import UsageError
 from ..training.classification import evaluate
 from .detection import Detection, DetectionConfig, detect_exposures
-from .ebyd import StageProgress, _exposure_notes, _model_and_data, _observed, _prior, _stage
+from .ebyd import (
+    _AT_CHANCE,
+    StageProgress,
+    _exposure_notes,
+    _model_and_data,
+    _observed,
+    _prior,
+    _stage,
+    _unless_at_chance,
+)
 from .exposure import ExposureConfig, ExposureResult, expose
 from .removal import (
     MaskConfig,
@@ -153,9 +163,27 @@ def purify_model(
     never influence the pruning or the unlearning. The input model is not changed. ``progress``
     gets the stages ``"expose"``, ``"masks"`` and ``"unlearn"``.
     """
+    modes = [(m, m.training) for m in model.modules()] if isinstance(model, nn.Module) else []
+    try:
+        return _purify(model, clean, config or PurifyConfig(), trigger, target, device, progress,
+                       load_progress)  # fmt: skip
+    finally:
+        for module, training in modes:  # the caller's modes, mixed ones too, as they were
+            module.training = training
+
+
+def _purify(
+    model: Any,
+    clean: Any,
+    config: PurifyConfig,
+    trigger: Any,
+    target: int | None,
+    device: str | None,
+    progress: StageProgress | None,
+    load_progress: Callable[[int, int], None] | None,
+) -> PurifyResult:
     from ..attacks.backdoor import BackdoorTrigger, attack_success_rate, backdoor_from_spec
 
-    config = config or PurifyConfig()
     subject = _model_and_data(
         model, clean, config.defense_images, config.seed, device, load_progress
     )
@@ -187,8 +215,11 @@ def purify_model(
         progress=_stage(progress, "masks"),
     )
     hold = _observed(subject)
-    detection = detect_exposures(
-        [exposure.rows], config.detection, _prior(subject, config.detection)
+    # a model at chance before exposure names no target (verdict inconclusive): no unlearning
+    detection = _unless_at_chance(
+        detect_exposures([exposure.rows], config.detection, _prior(subject, config.detection)),
+        [exposure],
+        subject,
     )
 
     def extra(pruned: nn.Module) -> dict[str, Any]:
@@ -206,7 +237,9 @@ def purify_model(
         extra=extra,
         history=masks.history,
     )
-    notes = _exposure_notes(exposure)
+    notes = [
+        n for n in _exposure_notes(exposure) if not (detection.inconclusive and n == _AT_CHANCE)
+    ]
     purified, unlearned = choice.model, None
     if config.unlearn is not None and detection.target is not None:
         unlearned = unlearn_backdoor(
@@ -219,6 +252,8 @@ def purify_model(
             pruned=choice.channels,
         )
         purified = unlearned.model
+    elif config.unlearn is not None and detection.inconclusive:
+        notes.append(f"no trigger to unlearn, pruning only: {detection.inconclusive}")
     elif config.unlearn is not None:
         notes.append(
             f"no backdoor target detected (score {detection.score:.2f} < "
