@@ -300,3 +300,27 @@ def test_bad_labels_rejected() -> None:
         train_classifier(model, x, y.int(), x, y, TrainConfig(epochs=1))
     with pytest.raises(ValueError, match="labels"):
         train_classifier(model, x, y[:4], x, y, TrainConfig(epochs=1))
+
+
+def test_evaluate_and_predict_give_back_every_submodules_mode() -> None:
+    from unlearnable.training.classification import evaluate, predict
+    from unlearnable.training.modes import kept_modes
+
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3),
+        torch.nn.BatchNorm2d(4),
+        torch.nn.Flatten(),
+        torch.nn.LazyLinear(2),
+    )
+    images = torch.randint(0, 256, (6, 3, 5, 5), dtype=torch.uint8)
+    net(images.float())  # materialise the lazy layer
+    net.train()
+    net[1].eval()  # a caller's mixed modes: batch norm frozen inside a training network
+    modes = [m.training for m in net.modules()]
+    predict(net, images)
+    evaluate(net, images, torch.zeros(6, dtype=torch.long))
+    assert [m.training for m in net.modules()] == modes
+    with pytest.raises(RuntimeError), kept_modes(net):
+        net.eval()
+        raise RuntimeError("the block failed")
+    assert [m.training for m in net.modules()] == modes

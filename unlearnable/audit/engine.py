@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from ..errors import UsageError
 from ..io.manifest import Manifest, read_manifest
 from ..keys import SecretKey
+from ..training.modes import kept_modes
 from .classes import ClassMatch, match_classes, probe_targets, read_class_map
 from .methods import AuditPlan, audit_plan
 from .null_keys import null_keys
@@ -114,13 +115,9 @@ def as_predictor(model: Any) -> Predictor:
             param = next((p for p in module.parameters() if p.is_floating_point()), None)
             if param is not None:  # the module's own device and precision (float64, say)
                 images = images.to(device=param.device, dtype=param.dtype)
-            modes = [(m, m.training) for m in module.modules()]
-            module.eval()
-            try:
+            with kept_modes(module):
+                module.eval()
                 return _logits(module(images)).argmax(dim=1)
-            finally:
-                for m, training in modes:  # each module's own mode, mixed ones too
-                    m.training = training
 
         return predict
     if hasattr(model, "predict") and callable(model.predict):

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ..imageops import resize_center_crop
+from ..training.modes import kept_modes
 from .formats import FORMAT_EXPORT
 from .spec import ModelSpec
 
@@ -144,15 +145,12 @@ class LoadedModel(nn.Module):
         gradients."""
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
-        was_training = self.training
-        self.train(False)
-        try:
+        with kept_modes(self):
+            self.train(False)
             outs = [
                 self(images[start : start + batch_size]).cpu()
                 for start in range(0, images.shape[0], batch_size)
             ]
-        finally:
-            self.train(was_training)
         return torch.cat(outs) if outs else torch.zeros(0, self.num_classes)
 
     def predict(self, images: Tensor, *, batch_size: int = 256) -> Tensor:

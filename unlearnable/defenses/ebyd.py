@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from torch import nn
 
 from ..errors import UsageError
 from ..training.classification import to_float_images
+from ..training.modes import kept_modes
 from .detection import (
     Detection,
     DetectionConfig,
@@ -152,19 +154,16 @@ def _check_outputs(model: nn.Module, clean: CleanSet) -> None:
     images (one eval-mode forward on a single image; the model's mode is restored)."""
     if len(clean) == 0:
         raise UsageError("the clean data holds no images")
-    modes = [(module, module.training) for module in model.modules()]
-    model.train(False)
-    try:
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        out = model(to_float_images(clean.images[:1]).to(device))
-    except Exception as exc:
-        raise UsageError(
-            f"the model fails on a clean image of shape {tuple(clean.images[:1].shape)}: "
-            f"{type(exc).__name__}: {exc}"
-        ) from exc
-    finally:
-        for module, training in modes:  # each module's own mode, mixed ones too
-            module.training = training
+    with kept_modes(model):
+        model.train(False)
+        try:
+            device = next((p.device for p in model.parameters()), torch.device("cpu"))
+            out = model(to_float_images(clean.images[:1]).to(device))
+        except Exception as exc:
+            raise UsageError(
+                f"the model fails on a clean image of shape {tuple(clean.images[:1].shape)}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
     if isinstance(out, (tuple, list)):
         out = out[0]
     if not torch.is_tensor(out) or out.ndim != 2 or out.shape[1] != len(clean.classes):
@@ -334,12 +333,8 @@ def scan_model(
     gets stage ``"expose"`` (``"expose 2"``, ... for the further exposures).
     """
     config = config or ScanConfig()
-    modes = [(m, m.training) for m in model.modules()] if isinstance(model, nn.Module) else []
-    try:
+    with kept_modes(model) if isinstance(model, nn.Module) else nullcontext():
         return _scan(model, clean, config, device, progress, load_progress)
-    finally:
-        for module, training in modes:  # the caller's modes, mixed ones too, as they were
-            module.training = training
 
 
 def _scan(

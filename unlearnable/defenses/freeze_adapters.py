@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from ..errors import InputError, UsageError
 from ..registry import Registry
+from ..training.modes import kept_modes
 
 
 class TaskAdapter(ABC):
@@ -186,18 +187,15 @@ class ClassificationAdapter(TaskAdapter):
     def evaluate(self, model, data, device, batch_size: int = 256):  # noqa: D102
         from ..training.classification import to_float_images
 
-        was_training = model.training
-        model.eval()
         total, correct, n = 0.0, 0, int(data.images.shape[0])
-        try:
+        with kept_modes(model):
+            model.eval()
             for start in range(0, n, batch_size):
                 x = to_float_images(data.images[start : start + batch_size].to(device))
                 y = data.labels[start : start + batch_size].to(device)
                 logits, y = self._restricted(model(_as_model_dtype(x, model)), y)
                 total += float(F.cross_entropy(logits.float(), y, reduction="sum"))
                 correct += int((logits.argmax(1) == y).sum())
-        finally:
-            model.train(was_training)
         return {"loss": total / max(n, 1), "acc": correct / max(n, 1)}
 
     def default_exclude(self, root: nn.Module) -> tuple[str, ...]:

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import InputError, ModelFileError, UsageError
+from ..training.modes import kept_modes
 from .freeze_adapters import TASKS, TaskAdapter
 
 INSTALL_HINT = 'the diffusion task needs diffusers: pip install "unlearnable[diffusion]"'
@@ -248,17 +249,14 @@ class DiffusionAdapter(TaskAdapter):
     def evaluate(self, model, data, device, batch_size: int = 16, repeats: int = 2):  # noqa: D102
         """Mean denoising loss over ``repeats`` fixed draws of noise and timesteps per image."""
         generator = torch.Generator().manual_seed(self.seed + 7919)
-        was_training = model.training
-        model.train(False)
         total, n = 0.0, 0
-        try:
+        with kept_modes(model):
+            model.train(False)
             for _ in range(repeats):
                 for batch in _DiffusionBatches(data, batch_size, device, generator, False):
                     count = batch["images"].shape[0]
                     total += float(self._loss(model, batch, generator)) * count
                     n += count
-        finally:
-            model.train(was_training)
         return {"loss": total / max(n, 1)}
 
     @classmethod

@@ -39,6 +39,7 @@ from ..training import (
     fit,
     stream_generator,
 )
+from ..training.modes import kept_modes
 from .freeze_adapters import ClassificationAdapter, TaskAdapter
 from .freeze_mask import FreezeMask
 
@@ -191,29 +192,27 @@ def finetune(
     batches = adapter.batches(
         data, config.batch_size, device, stream_generator(config.seed, "finetune")
     )
-    modes = [(module, module.training) for module in model.modules()]
     try:
-        history = fit(
-            model,
-            batches,
-            adapter.loss,
-            _optimizer(config),
-            FitConfig(
-                epochs=config.epochs,
-                accumulate=config.accumulate,
-                grad_clip=config.grad_clip,
-                seed=config.seed,
-                device=str(device),
-                train_mode=config.train_mode,
-            ),
-            params=params,
-            callbacks=all_callbacks,
-        )
+        with kept_modes(model):  # the caller's modes, whatever fit() leaves
+            history = fit(
+                model,
+                batches,
+                adapter.loss,
+                _optimizer(config),
+                FitConfig(
+                    epochs=config.epochs,
+                    accumulate=config.accumulate,
+                    grad_clip=config.grad_clip,
+                    seed=config.seed,
+                    device=str(device),
+                    train_mode=config.train_mode,
+                ),
+                params=params,
+                callbacks=all_callbacks,
+            )
     finally:
         for hook in hooks:
             hook.remove()
-        for module, training in modes:  # the caller's modes, whatever fit() left
-            module.training = training
     changed = []
     for name, p, channels, before in snapshots:
         now, then = p.detach(), before

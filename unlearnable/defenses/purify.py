@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from torch import nn
 
 from ..errors import UsageError
 from ..training.classification import evaluate
+from ..training.modes import kept_modes
 from .detection import Detection, DetectionConfig, detect_exposures
 from .ebyd import (
     _AT_CHANCE,
@@ -163,13 +165,9 @@ def purify_model(
     never influence the pruning or the unlearning. The input model is not changed. ``progress``
     gets the stages ``"expose"``, ``"masks"`` and ``"unlearn"``.
     """
-    modes = [(m, m.training) for m in model.modules()] if isinstance(model, nn.Module) else []
-    try:
+    with kept_modes(model) if isinstance(model, nn.Module) else nullcontext():
         return _purify(model, clean, config or PurifyConfig(), trigger, target, device, progress,
                        load_progress)  # fmt: skip
-    finally:
-        for module, training in modes:  # the caller's modes, mixed ones too, as they were
-            module.training = training
 
 
 def _purify(

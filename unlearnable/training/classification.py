@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .batches import index_batches
+from .modes import kept_modes
 
 
 def to_float_images(images: Tensor) -> Tensor:
@@ -73,17 +74,14 @@ def predict(
     device: str | torch.device | None = None,
 ) -> Tensor:
     """Top-1 predictions, int64 ``(N,)`` on the CPU, of ``model`` in eval mode (its mode is
-    restored afterwards). ``images``: ``(N, C, H, W)`` uint8, or float in [0, 1]."""
+    restored afterwards, each submodule's own). ``images``: ``(N, C, H, W)`` uint8, or float in [0, 1]."""
     device = _device_of(model, device)
-    was_training = model.training
-    model.eval()
     out = []
-    try:
+    with kept_modes(model):
+        model.eval()
         for start in range(0, images.shape[0], batch_size):
             x = to_float_images(images[start : start + batch_size].to(device))
             out.append(model(x).argmax(1).cpu())
-    finally:
-        model.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.int64)
 
 
@@ -95,7 +93,7 @@ def evaluate(
     batch_size: int = 512,
     device: str | torch.device | None = None,
 ) -> float:
-    """Top-1 accuracy in [0, 1] of ``model`` (in eval mode; its mode is restored afterwards).
+    """Top-1 accuracy in [0, 1] of ``model`` (in eval mode; every submodule's mode is restored afterwards).
 
     ``images``: ``(N, C, H, W)`` uint8, or float in [0, 1]; ``labels``: int64 ``(N,)``.
     ``device`` defaults to the model's parameter device. Returns 0.0 for an empty set.
@@ -104,16 +102,13 @@ def evaluate(
     if n == 0:
         return 0.0
     device = _device_of(model, device)
-    was_training = model.training
-    model.eval()
     correct = 0
-    try:
+    with kept_modes(model):
+        model.eval()
         for start in range(0, n, batch_size):
             x = to_float_images(images[start : start + batch_size].to(device))
             y = labels[start : start + batch_size].to(device)
             correct += int((model(x).argmax(1) == y).sum())
-    finally:
-        model.train(was_training)
     return correct / n
 
 
