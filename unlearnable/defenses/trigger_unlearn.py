@@ -21,8 +21,9 @@ Exposure (:mod:`.exposure`) names the class ``t`` that clean inputs collapse int
 4. **Batch-norm statistics re-estimated** (``recalibrate``): the unlearning's batches are 30 %
    stamped, so the running means and variances it leaves describe a mix the model never sees
    in use. They are measured again on the clean defense images (and their mirror images), with
-   the weights unchanged. On the benchmark this gave back 1.2-2.6 points of clean accuracy on
-   all five flagged models; ASR stayed under 10 % (one Blend model went from 1.9 to 7.6 %).
+   the weights unchanged. On the EBYD benchmark this gave back 1.4-2.5 points of clean
+   accuracy on each of the five flagged models; ASR stayed under 10 % (one Blend model went
+   from 1.9 to 8.0 %).
 
 Measured on the EBYD benchmark's small CIFAR CNNs (``benchmarks/ebyd_cifar10.py``,
 ``benchmarks/ebyd_removal_sweep.py``): stamping with a random pattern or a shuffled mask
