@@ -88,6 +88,9 @@ WRAPPER = textwrap.dedent(
         hit("written")
 
     if __name__ == "__main__":  # spawned workers import this file too
+        # a command started from a terminal has Ctrl-C's default handler; one started under
+        # `nohup ... &` (a CI script, say) inherits SIGINT ignored, and would not stop
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         point, number = sys.argv[1].split(":")
         number, sig = int(number), getattr(signal, sys.argv[2])
         runner.CHUNK_FILES = 2
