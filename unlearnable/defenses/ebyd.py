@@ -268,7 +268,9 @@ class ScanResult:
         }
 
 
-def _exposure_notes(result: ExposureResult) -> list[str]:
+def _exposure_notes(result: ExposureResult, detection: Detection | None = None) -> list[str]:
+    """What a report should say about an exposure run; the model-at-chance line is left out
+    when ``detection`` is already inconclusive for that reason (its verdict says it)."""
     notes = []
     threshold = result.stop_threshold
     if threshold is not None and not result.stopped_early:
@@ -277,15 +279,13 @@ def _exposure_notes(result: ExposureResult) -> list[str]:
             f"epochs (last: {result.final['clean_acc']:.3f}); raise the learning rate or the "
             "epochs, the verdict reads an incompletely exposed model"
         )
-    if result.rows[0]["clean_acc"] <= (threshold or 0):
-        notes.append(_AT_CHANCE)
+    at_chance = result.rows[0]["clean_acc"] <= (threshold or 0)
+    if at_chance and not (detection is not None and detection.inconclusive):
+        notes.append(
+            "the model's clean accuracy on the defense set is already at or below the stop "
+            "threshold before exposure: check the class names and the data"
+        )
     return notes
-
-
-_AT_CHANCE = (
-    "the model's clean accuracy on the defense set is already at or below the stop threshold "
-    "before exposure: check the class names and the data"
-)
 
 
 def _unless_at_chance(
@@ -379,9 +379,8 @@ def _scan(
     )
     which: dict[str, list[str]] = {}
     for j, run in enumerate(runs):
-        for text in _exposure_notes(run):
-            if not (detection.inconclusive and text == _AT_CHANCE):  # said by the verdict
-                which.setdefault(text, []).append(str(j + 1))
+        for text in _exposure_notes(run, detection):
+            which.setdefault(text, []).append(str(j + 1))
     notes = [
         text if len(runs) == 1 else f"exposure {', '.join(numbers)}: {text}"
         for text, numbers in which.items()

@@ -31,7 +31,6 @@ from ..training.classification import evaluate
 from ..training.modes import kept_modes
 from .detection import Detection, DetectionConfig, detect_exposures
 from .ebyd import (
-    _AT_CHANCE,
     StageProgress,
     _exposure_notes,
     _model_and_data,
@@ -235,9 +234,7 @@ def _purify(
         extra=extra,
         history=masks.history,
     )
-    notes = [
-        n for n in _exposure_notes(exposure) if not (detection.inconclusive and n == _AT_CHANCE)
-    ]
+    notes = _exposure_notes(exposure, detection)
     purified, unlearned = choice.model, None
     if config.unlearn is not None and detection.target is not None:
         unlearned = unlearn_backdoor(

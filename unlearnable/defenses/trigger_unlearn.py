@@ -47,7 +47,7 @@ from ..training import Columns, EpochProgress, FitConfig, StepResult, fit, strea
 from ..training.batches import index_batches
 from ..training.classification import _device_of, evaluate, to_float_images
 from .exposure import clone_model
-from .removal import require_batch_norm
+from .removal import batch_norm_layers, require_batch_norm
 
 
 @dataclass(frozen=True)
@@ -300,7 +300,7 @@ def recalibrate_norm_stats(model: nn.Module, images: Tensor, batch_size: int = 6
     tuned = clone_model(model)
     if images.shape[0] < 2:
         return tuned.eval()  # nothing to measure statistics on: keep the ones it has
-    layers = [m for m in tuned.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    layers = [layer for _, layer in batch_norm_layers(tuned)]
     momenta = [m.momentum for m in layers]
     for layer in layers:
         layer.reset_running_stats()
