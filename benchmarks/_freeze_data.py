@@ -65,17 +65,19 @@ def pretrain(root: Path, classes, args):
     train = load_split(root, "train", classes, 0, args.pretrain_per_class)
     model = build_victim("small-cnn", 10, 32, seed=args.seed)
     adapter = ClassificationAdapter(readout=classes)
-    batches = adapter.batches(train, 64, torch.device("cpu"), stream_generator(args.seed, "pre"))
+    device = torch.device(getattr(args, "device", "cpu"))
+    batches = adapter.batches(train, 64, device, stream_generator(args.seed, "pre"))
     fit(
         model,
         batches,
         adapter.loss,
         lambda ps: torch.optim.AdamW(ps, lr=2e-3, weight_decay=5e-4),
-        FitConfig(epochs=args.pretrain_epochs, seed=args.seed),
+        FitConfig(epochs=args.pretrain_epochs, seed=args.seed, device=str(device)),
     )
     model.train(False)
     test = load_split(root, "test", classes, 0, args.test)
-    acc = adapter.evaluate(model, test, torch.device("cpu"))["acc"]
+    acc = adapter.evaluate(model, test, device)["acc"]
+    model.cpu()
     spec = ModelSpec(classes=CLASSES, input_size=32, arch="small-cnn",
                      metadata={"recipe": recipe, "test_acc": acc})  # fmt: skip
     save_model(model, folder, spec)

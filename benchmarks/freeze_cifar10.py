@@ -139,6 +139,11 @@ def main() -> None:  # noqa: PLR0915
     parser.add_argument(
         "--head-ratios", default="0.2", help="also learn masks with a maskable head ('' skips)"
     )
+    parser.add_argument(
+        "--user-seeds", type=int, default=1,
+        help="fine-tuning runs per mask (user seeds); results are per run",
+    )  # fmt: skip
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="also write every number to this file")
     args = parser.parse_args()
@@ -168,6 +173,7 @@ def main() -> None:  # noqa: PLR0915
     test_leg = load_split(root, "test", legal, 0, args.test)
     log(f"data from {root} ({args.threads} thread(s))")
 
+    device = torch.device(args.device)
     pre, acc_pre = pretrain(root, pre_classes, args)
     log(f"θ_pre: pretraining classes test accuracy {100 * acc_pre:.1f}% ({len(pre_classes)}-way)")
 
@@ -175,35 +181,48 @@ def main() -> None:  # noqa: PLR0915
     base = FreezeConfig(
         ratio=0.2, steps=args.steps, batch_size=args.batch_size, user_lr=args.user_lr_sim,
         mask_lr=args.mask_lr, penalty=args.penalty, relearn_epochs=args.relearn_epochs,
-        seed=args.seed,
+        seed=args.seed, device=args.device,
     )  # fmt: skip
     ft, _ = relearn(pre, pub_ill, pub_leg, adapter, base)
     ft.train(False)
-    ft_ill = ClassificationAdapter(readout=illegal).evaluate(ft, test_ill, "cpu")["acc"]
-    ft_leg = ClassificationAdapter(readout=legal).evaluate(ft, test_leg, "cpu")["acc"]
+    ft_ill = ClassificationAdapter(readout=illegal).evaluate(ft, test_ill, device)["acc"]
+    ft_leg = ClassificationAdapter(readout=legal).evaluate(ft, test_leg, device)["acc"]
+    ft.cpu()
     log(f"θ_ft: illegal pair acc {100 * ft_ill:.1f}%, legal pair acc {100 * ft_leg:.1f}%")
 
     excluded = resolve_excluded(pre, adapter.default_exclude(pre))
     maskable = [n for n, _ in pre.named_parameters() if n not in excluded]
 
-    def user_accuracy(mask, train, test, classes, strong=False):
+    def user_accuracy(mask, train, test, classes, user_seed, strong=False):
         epochs, lr = args.user_epochs, args.user_lr
         if strong:
             epochs, lr = epochs * args.strong_factor, args.strong_lr
         model = copy.deepcopy(pre)
         config = FinetuneConfig(
-            epochs=epochs, lr=lr, weight_decay=0.01, batch_size=32, seed=args.seed
-        )
+            epochs=epochs, lr=lr, weight_decay=0.01, batch_size=32, seed=args.seed + user_seed,
+            device=args.device,
+        )  # fmt: skip
         result = finetune(model, mask, train, adapter, config)
         assert result.verified
-        return ClassificationAdapter(readout=classes).evaluate(model, test, "cpu")["acc"]
+        return ClassificationAdapter(readout=classes).evaluate(model, test, device)["acc"]
+
+    def evaluate_runs(mask, strong=False):
+        """One (illegal, legal, strong illegal or None) triple per user seed."""
+        runs = []
+        for u in range(args.user_seeds):
+            ill = user_accuracy(mask, user_ill, test_ill, illegal, u)
+            leg = user_accuracy(mask, user_leg, test_leg, legal, u)
+            hard = None
+            if strong and args.strong_factor > 0:
+                hard = user_accuracy(mask, user_ill, test_ill, illegal, u, strong=True)
+            runs.append((ill, leg, hard))
+        return runs
 
     def evaluate(mask, strong=False):
-        ill = user_accuracy(mask, user_ill, test_ill, illegal)
-        leg = user_accuracy(mask, user_leg, test_leg, legal)
-        strong = strong and args.strong_factor > 0
-        hard = user_accuracy(mask, user_ill, test_ill, illegal, strong=True) if strong else None
-        return ill, leg, hard
+        """Mean over the user seeds of (illegal, legal, strong illegal or None)."""
+        ills, legs, hards = zip(*evaluate_runs(mask, strong), strict=True)
+        hard = None if hards[0] is None else statistics.mean(hards)
+        return statistics.mean(ills), statistics.mean(legs), hard
 
     def pct(value):
         return "-" if value is None else f"{100 * value:.1f}%"
@@ -228,12 +247,13 @@ def main() -> None:  # noqa: PLR0915
             for n, channels in mask.frozen.items():
                 index = slice(None) if channels is None else list(channels)
                 params[n][index] = released[n].detach()[index]
-        ill = ClassificationAdapter(readout=illegal).evaluate(model, test_ill, "cpu")["acc"]
-        return ill, ClassificationAdapter(readout=legal).evaluate(model, test_leg, "cpu")["acc"]
+        model.to(device)
+        ill = ClassificationAdapter(readout=illegal).evaluate(model, test_ill, device)["acc"]
+        return ill, ClassificationAdapter(readout=legal).evaluate(model, test_leg, device)["acc"]
 
     def row(level, ratio, kind, masks, strong_first=False):
         strong_all = strong_first or args.strong_baselines
-        results = [evaluate(m, strong=strong_all) for m in masks]
+        results = [run for m in masks for run in evaluate_runs(m, strong=strong_all)]
         ills, legs, hards = zip(*results, strict=True)
         back = [reverted(m) for m in masks]
         entry = {
@@ -332,11 +352,11 @@ def main() -> None:  # noqa: PLR0915
             test = type(test_ill)(test_ill.images, mapping[test_ill.labels])
             model = copy.deepcopy(pre)
             cfg = FinetuneConfig(epochs=args.user_epochs, lr=args.user_lr, weight_decay=0.01,
-                                 batch_size=32, seed=args.seed)  # fmt: skip
+                                 batch_size=32, seed=args.seed, device=args.device)  # fmt: skip
             finetune(model, mask, train, ClassificationAdapter(readout=tuple(free[:2]) + legal),
                      cfg)  # fmt: skip
             readout = ClassificationAdapter(readout=tuple(free[:2]))
-            moved = readout.evaluate(model, test, "cpu")["acc"]
+            moved = readout.evaluate(model, test, device)["acc"]
         head_rows.append((ratio, head, ill, leg, relabel, moved))
         log(f"head maskable ρ={ratio}: head groups frozen {head}; illegal {100 * ill:.1f}% "
             f"legal {100 * leg:.1f}%; relabelling user (outputs {relabel}) "
@@ -421,7 +441,9 @@ def main() -> None:  # noqa: PLR0915
                 mit = {k: statistics.mean(v["mit"]) for k, v in by.items()}
                 imp = {k: statistics.mean(v["imp"]) for k, v in by.items()}
                 rivals = [k for k in ("random", "largest change", "matched random") if k in mit]
-                margin = mit["learned"] - max(mit[k] for k in rivals)
+                best = max(rivals, key=lambda k: mit[k])
+                margin = mit["learned"] - mit[best]
+                runs_se = _runs_se(by["learned"]["mit"], by[best]["mit"])
                 # two standard errors of a difference of two pair accuracies on the test
                 # images, relative to Acc_ill(no freezing): smaller margins are noise
                 p = statistics.mean(by["learned"]["ill"])
@@ -432,6 +454,11 @@ def main() -> None:  # noqa: PLR0915
                     verdict = f"meets the goal's letter, but the margin is within noise (2 SE {noise:.3f})"
                 else:
                     verdict = f"meets the goal (margin above 2 SE {noise:.3f})"
+                if runs_se is not None:
+                    verdict += (
+                        f"; over runs (mask x user seeds) the margin is "
+                        f"{margin / runs_se:.1f} SE of the run-to-run spread"
+                    )
                 matched = (
                     f", matched random {mit['matched random']:+.3f} (impact "
                     f"{imp['matched random']:+.3f})" if "matched random" in mit else ""
@@ -451,6 +478,15 @@ def main() -> None:  # noqa: PLR0915
             "rows": rows, "head": [list(h[:4]) + [h[5]] for h in head_rows],
         }, indent=1))  # fmt: skip
     log("done")
+
+
+def _runs_se(a: list[float], b: list[float]) -> float | None:
+    """Standard error of ``mean(a) - mean(b)`` from the run-to-run spread (Welch; None when
+    either side has a single run or no spread)."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    se = math.sqrt(statistics.variance(a) / len(a) + statistics.variance(b) / len(b))
+    return se or None
 
 
 if __name__ == "__main__":
