@@ -106,7 +106,7 @@ def test_photo_is_a_registered_method_that_protects_a_folder(tmp_path):
     second = ul.protect_directory(source, tmp_path / "b", FIXED_KEY, PhotoConfig(), one_worker)
     assert not first.failed and len(first.succeeded) == 6 and not second.failed
     assert first.manifest.method == "photo"
-    assert first.manifest.parameters["stack_version"] == 2
+    assert first.manifest.parameters["stack_version"] == 3
     assert first.manifest.parameters["cuda_application_version"] == 3
     digests_a, digests_b = tree_digest(tmp_path / "a"), tree_digest(tmp_path / "b")
     digests_a.pop(first.manifest_path.name), digests_b.pop(second.manifest_path.name)

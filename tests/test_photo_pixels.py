@@ -164,7 +164,7 @@ def test_the_uint8_pipeline_keeps_version_1_and_float_methods_bit_identical():
 def test_stack_version_option_and_resume_keeps_the_runs_version(tmp_path):
     assert photo_from_options({"stack_version": 1}) == PhotoConfig(stack_version=1)
     with pytest.raises(UsageError, match="stack version"):
-        PhotoConfig(stack_version=3)
+        PhotoConfig(stack_version=4)
     source = make_labelled_folder(tmp_path / "in", per_class=2, size=(130, 120))
     one = ul.RunOptions(workers=1)
     first = ul.protect_directory(
@@ -172,7 +172,7 @@ def test_stack_version_option_and_resume_keeps_the_runs_version(tmp_path):
     )
     new = ul.protect_directory(source, tmp_path / "v2", FIXED_KEY, "photo", one)
     assert first.manifest.parameters["stack_version"] == 1
-    assert new.manifest.parameters["stack_version"] == 2
+    assert new.manifest.parameters["stack_version"] == 3
     done = tree_digest(tmp_path / "v1")
     assert done["cat/img0.png"] != tree_digest(tmp_path / "v2")["cat/img0.png"]
     (tmp_path / "v1" / "cat" / "img0.png").unlink()

@@ -249,6 +249,15 @@ def cuda_change_at_scale_u8(
     ``apply_cuda(small) - small``: float32 ``(B, C, h, w)`` in [-1, 1], which the caller
     resizes back to full size (bilinear) and adds.
     """
+    small = reference_copy_u8(pixels, reference)
+    return apply_cuda(small, labels, filters) - small
+
+
+def reference_copy_u8(pixels: Tensor, reference: int) -> Tensor:
+    """The small copy of :func:`cuda_change_at_scale_u8`: uint8 ``pixels (B, C, H, W)`` whose
+    short side exceeds ``reference``, resized to :func:`reference_size` with torch's 8-bit
+    antialiased bilinear ``interpolate`` (``align_corners=False``), divided by 255: float32
+    ``(B, C, h, w)`` in [0, 1]."""
     if pixels.dtype != torch.uint8 or pixels.ndim != 4:
         raise ValueError("pixels must be uint8 (B, C, H, W)")
     height, width = pixels.shape[-2:]
@@ -256,8 +265,7 @@ def cuda_change_at_scale_u8(
         raise ValueError(f"the short side must exceed the reference ({reference} px)")
     size = reference_size(height, width, reference)
     small = F.interpolate(pixels, size=size, mode="bilinear", align_corners=False, antialias=True)
-    small = small.float().div_(255.0)
-    return apply_cuda(small, labels, filters) - small
+    return small.float().div_(255.0)
 
 
 def _correlate_same(x: Tensor, kernel: Tensor) -> Tensor:

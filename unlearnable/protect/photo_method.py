@@ -3,7 +3,7 @@
 Stacked class-wise shortcuts for photographs (:mod:`unlearnable.protect.photo`): the CUDA
 filter designed at a scraper's resolution plus a key-derived class-wise colour transform. The
 classes come from labels (folders, one label, a CSV), as for ``cuda``. ``--stack-version``
-picks the stack's version (default: the newest, or the one a resumed run started with).
+picks the stack's version (default: 3, or the one a resumed run started with).
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ class PhotoConfig:
     ``strength``: ``low``, ``mid`` or ``high`` (scales the blur and the colour transform by
     0.5, 1 or 1.5). ``reference``: the scraper short side (px) the CUDA filter is designed at.
     ``kernel_size`` (odd, 1-63) and ``blur`` (in (0, 1], at strength ``mid``) override the
-    CUDA filter's defaults (3 and 0.3). ``stack_version``: 1 or 2 (see
-    :mod:`unlearnable.protect.photo`); None: the newest for a new run, the earlier run's on
-    ``resume`` (so a resumed run gives the files it would have given).
+    CUDA filter's defaults (3 and 0.3). ``stack_version``: 1, 2 or 3 (see
+    :mod:`unlearnable.protect.photo`); None: ``STACK_VERSION`` (3) for a new run, the earlier
+    run's on ``resume`` (so a resumed run gives the files it would have given).
     """
 
     labels: str | Path = "auto"
@@ -50,8 +50,8 @@ class PhotoConfig:
 
     def __post_init__(self) -> None:
         validate_filter_settings(self.strength, self.kernel_size, self.blur)
-        if self.stack_version is not None and self.stack_version not in (1, 2):
-            raise UsageError(f"stack version must be 1 or 2, got {self.stack_version}")
+        if self.stack_version is not None and self.stack_version not in (1, 2, 3):
+            raise UsageError(f"stack version must be 1, 2 or 3, got {self.stack_version}")
         if self.reference < 8:
             raise UsageError(f"reference must be >= 8 px, got {self.reference}")
         if str(self.labels) == CLUSTER_LABELS:
@@ -91,7 +91,7 @@ def photo_from_options(values: Mapping[str, Any]) -> PhotoConfig | ClusterCudaCo
         MethodOption(
             "--stack-version",
             int,
-            "the stack's version, 1 or 2 (default: the newest; on --resume, the earlier run's)",
+            "the stack's version, 1, 2 or 3 (default: 3; on --resume, the earlier run's)",
             "N",
         ),
     ),
