@@ -5,7 +5,7 @@ name with optional ``key=value`` parameters after a colon::
 
     photo                        the library's photo method (strength mid; the default)
     photo:strength=0,ref=224     its strength low (0) / mid (1) / high (2), reference size,
-                                 blur=..., colour=... overrides
+                                 blur=..., colour=... overrides, stack=1/2/3 (stack version)
     cuda                         the library's CUDA preset for the file's size (strength mid)
     cuda:k=3,blur=0.3,up=2       explicit kernel size, blur and nearest upscale factor
     cuda:k=3,blur=0.3,ref=112    filter designed at a 112 px short side (apply_cuda_at_scale)
@@ -33,7 +33,7 @@ from unlearnable.protect.cuda import (
     cuda_filters,
     upscale_filters,
 )
-from unlearnable.protect.photo import PhotoParams, PhotoProtector
+from unlearnable.protect.photo import STACK_VERSION, PhotoParams, PhotoProtector
 from unlearnable.protect.shortcuts import (
     NoiseParams,
     PlaidParams,
@@ -91,8 +91,10 @@ def _photo(p: dict[str, float]) -> Component:
     params = PhotoParams(reference=int(p.get("ref", defaults.reference)),
                          blur=p.get("blur", defaults.blur), colour=p.get("colour", defaults.colour))
 
+    version = int(p.get("stack", STACK_VERSION))
+
     def step(images: Tensor, labels: Tensor, classes: list[str], key: SecretKey) -> Tensor:
-        protector = PhotoProtector(key, classes, strength, params)
+        protector = PhotoProtector(key, classes, strength, params, stack_version=version)
         h, w = images.shape[-2:]
         return protector.apply(images, labels, protector.plan(h, w))
 
