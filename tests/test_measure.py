@@ -1,4 +1,5 @@
-"""Quality of files as written (io.measure): metrics versions 1 and 2, and the runner's choice."""
+"""Quality of files as written (io.measure): metrics versions 1 and 2, and the runner's choice
+(version 3: tests/test_metrics_v3.py)."""
 
 from __future__ import annotations
 
@@ -121,10 +122,10 @@ def test_runs_record_the_metrics_version_and_a_resume_keeps_the_earlier_one(tmp_
     source = make_labelled_folder(tmp_path / "in", per_class=2, size=(40, 36))
     one = ul.RunOptions(workers=1)
     run = ul.protect_directory(source, tmp_path / "out", FIXED_KEY, "photo", one)
-    assert run.manifest.extra["metrics_version"] == METRICS_VERSION == 2
+    assert run.manifest.extra["metrics_version"] == METRICS_VERSION == 3
     manifest_path = tmp_path / "out" / "unlearnable-manifest.json"
     data = json.loads(manifest_path.read_text())
-    assert data["metrics_version"] == 2
+    assert data["metrics_version"] == 3
     del data["metrics_version"]  # as written by a release before the metrics versions
     manifest_path.write_text(json.dumps(data))
     assert resumed_metrics_version(tmp_path / "out", resume=True) == 1

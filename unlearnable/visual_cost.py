@@ -202,6 +202,68 @@ def _refine(
     return torch.tensor(result, dtype=torch.int64).reshape(-1, 2)
 
 
+def _refine_lines(
+    original: Tensor, protected: Tensor, coarse: Tensor, factor: int, cut: int, size: tuple
+) -> Tensor:
+    """:func:`_refine` searching the residual along lines instead of over the whole square
+    (metrics version 3): first ``ry`` (with ``rx = 0``), then ``rx`` (at the best ``ry``), then
+    ``ry`` again (at the best ``rx``), each over ``|r| <= factor // 2``: ``3 (factor + 1)``
+    candidates instead of ``(factor + 1) ** 2`` for an even factor (the third line is left
+    out when the second one stayed at ``rx = 0``), each line's candidates read as one strided
+    view of the image instead of gathered blocks. The errors are :func:`_refine`'s (mean squared error of the channel means on the
+    same grid); ties go to the smaller residual. It finds :func:`_refine`'s shift wherever the
+    error falls off towards the best shift along rows and columns, as it does for shifted,
+    blurred or recoloured photos."""
+    n_h, n_w = size
+    skip = max(1, round((n_h * n_w / REFINE_SAMPLES) ** 0.5))
+    step = factor * skip
+    top = cut * factor
+    span_h, span_w = n_h * factor, n_w * factor
+    target = protected[..., top : top + span_h : step, top : top + span_w : step]
+    target = _as_float(target).mean(dim=1)  # (B, n_h', n_w')
+    radius = factor // 2
+    count = 2 * radius + 1
+    rank = torch.tensor(sorted(range(count), key=lambda i: (abs(i - radius), i - radius)))
+    n_y, n_x = target.shape[-2:]
+    scale = 255.0 if original.dtype == torch.uint8 else 1.0
+    result = []
+    for index, (cy, cx) in enumerate(coarse.tolist()):
+        image = original[index]  # (C, H, W), any memory layout
+        channel, row, col = image.stride()
+        y, x = top + cy * factor, top + cx * factor
+        if (
+            min(y, x) < radius
+            or max(
+                y + radius + (n_y - 1) * step - image.shape[1],
+                x + radius + (n_x - 1) * step - image.shape[2],
+            )
+            >= 0
+        ):  # the strided views below must stay inside the image
+            raise ValueError(f"refine window outside the image: shift {(cy, cx)}, {factor=}")
+        best = [0, 0]
+        for step_index, axis in enumerate((0, 1, 0)):
+            if step_index == 2 and best[1] == 0:
+                break  # the first line again: nothing new
+            # (candidates, C, n_y, n_x): the sample grid moved by r = -radius..radius along
+            # the axis (a strided view of the image, not a copy)
+            lines = torch.as_strided(
+                image,
+                (count, image.shape[0], n_y, n_x),
+                (row if axis == 0 else col, channel, step * row, step * col),
+                image.storage_offset()
+                + (y + (best[0] if axis else -radius)) * row
+                + (x + (-radius if axis else best[1])) * col,
+            )
+            total = lines[:, 0].to(torch.int32 if scale == 255.0 else torch.float32)
+            for channel_index in range(1, lines.shape[1]):  # faster than a sum over the dim
+                total = total + lines[:, channel_index]
+            grey = total.float().div_(lines.shape[1] * scale)
+            errors = (grey - target[index]).square_().mean(dim=(1, 2))
+            best[axis] = int(rank[int(errors[rank].argmin())]) - radius
+        result.append((y - top + best[0], x - top + best[1]))
+    return torch.tensor(result, dtype=torch.int64).reshape(-1, 2)
+
+
 def _candidate_samples(
     image: Tensor, y: int, x: int, step: int, span: tuple[int, int], radius: int
 ):
@@ -315,6 +377,7 @@ def visual_cost_at_view(
     max_shift: int = MAX_SHIFT,
     greys: tuple[Tensor, Tensor] | None = None,
     original_pictures: list | None = None,
+    line_refine: bool = False,
 ) -> Tensor:
     """:func:`visual_cost` when the viewing-size copies are already made (callers that also need
     them for other metrics pool once): ``*_view`` = :func:`to_viewing_size` of the full-size
@@ -323,7 +386,9 @@ def visual_cost_at_view(
     of a uint8 ``original`` (:func:`pillow_images`) when the caller has them. ``protected``
     is only sampled at full size (on a grid, to refine the shift), so a caller may pass
     other full-size pixels of the same protected image than those ``protected_view`` was
-    made from (see :mod:`unlearnable.metrics`, metrics version 2). Returns float32 ``(B,)``."""
+    made from (see :mod:`unlearnable.metrics`, metrics version 2); ``line_refine``: refine
+    the shift along lines (:func:`_refine_lines`, metrics version 3). Returns float32
+    ``(B,)``."""
     _check_pair(original, protected)
     _check_pair(original_view, protected_view)
     _, _, hv, wv = original_view.shape
@@ -338,7 +403,8 @@ def visual_cost_at_view(
     size = (hv - 2 * cut, wv - 2 * cut)
     if min(size) < 1:
         raise ValueError(f"image too small for viewing factor {factor}: {tuple(original.shape)}")
-    shifts = _refine(original, protected, coarse, factor, cut, size)
+    refine = _refine_lines if line_refine else _refine
+    shifts = refine(original, protected, coarse, factor, cut, size)
     top = cut * factor
     span = (size[0] * factor, size[1] * factor)
     if original.dtype == torch.uint8:  # each image's shifted window, reduced by Pillow

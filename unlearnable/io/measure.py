@@ -3,8 +3,9 @@
 :func:`written_quality` compares each original with its file as written, so a lossy format
 counts; how a lossy file is read back depends on the run's metrics version
 (:data:`unlearnable.metrics.METRICS_VERSION`, defined in :mod:`unlearnable.metrics`): version 1
-decodes it in full, version 2 decodes a large JPEG at a reduced scale with the JPEG decoder's
-own scaled inverse DCT (:func:`jpeg_view`), which saves the second full decode of a photo.
+decodes it in full, version 2 (and 3, which differs only in the visual cost's shift search)
+decodes a large JPEG at a reduced scale with the JPEG decoder's own scaled inverse DCT
+(:func:`jpeg_view`), which saves the second full decode of a photo.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def written_quality(
         protected: B uint8 ``(H, W, C)`` arrays, the protected pixels that were encoded.
         files: the B encoded files; ``lossy``: whether each was written in a lossy format
             (else it holds exactly ``protected``).
-        metrics_version: 1 or 2 (see :mod:`unlearnable.metrics`).
+        metrics_version: 1, 2 or 3 (see :mod:`unlearnable.metrics`).
     """
     _, channels, height, width = originals.shape
     factor = viewing_factor(height, width)
@@ -67,7 +68,7 @@ def written_quality(
                 for i, view in enumerate(views)
             ]
         )
-    return quality(originals, written, protected_view)
+    return quality(originals, written, protected_view, line_refine=metrics_version >= 3)
 
 
 def draft_scale(factor: int) -> int:
