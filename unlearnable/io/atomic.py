@@ -25,11 +25,11 @@ NAME_MAX = 255
 _TEMP_PATTERN = re.compile(r"^\..*\.\d+\.\d+\.tmp$", re.DOTALL)
 
 
-def temporary_name(target: Path) -> str:
+def temporary_name(target: str | os.PathLike[str]) -> str:
     """The temporary name for ``target`` (see the module docstring): at most the name limit."""
+    folder, name = os.path.split(os.fspath(target))
     tail = f".{os.getpid()}.{next(_COUNTER)}.tmp"
-    budget = _name_max(target.parent) - len(os.fsencode(tail)) - 1
-    name = target.name
+    budget = _name_max(folder) - len(os.fsencode(tail)) - 1
     while name and len(os.fsencode(name)) > budget:
         name = name[:-1]
     return f".{name}{tail}"
@@ -46,12 +46,13 @@ def atomic_write_bytes(
     """Write ``data`` to ``path`` atomically; parent folders are created; permissions are
     ``mode`` masked by the process umask, as for a plain ``open``. ``durable``: fsync the file
     and its folder (see the module docstring). Raises ``OSError`` (nothing left behind)."""
-    target = Path(path)
-    temp = target.with_name(temporary_name(target))
+    target = os.fspath(path)  # string paths: a run writes thousands of small files
+    folder = os.path.dirname(target)
+    temp = os.path.join(folder, temporary_name(target))
     try:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     except FileNotFoundError:
-        target.parent.mkdir(parents=True, exist_ok=True)
+        Path(folder or ".").mkdir(parents=True, exist_ok=True)
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         try:  # plain os.write: a small file costs three system calls besides the rename
@@ -70,7 +71,7 @@ def atomic_write_bytes(
             pass
         raise
     if durable:
-        fsync_folder(target.parent)
+        fsync_folder(folder or ".")
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str, *, durable: bool = False) -> None:
@@ -127,7 +128,7 @@ def _walk_files(root: Path) -> Iterator[Path]:
 _NAME_MAX_BY_FOLDER: dict[str, int] = {}
 
 
-def _name_max(folder: Path) -> int:
+def _name_max(folder: str | os.PathLike[str]) -> int:
     """The file system's name limit in ``folder`` (asked once per folder: a run writes
     thousands of files into the same folders)."""
     key = os.fspath(folder)
@@ -135,7 +136,7 @@ def _name_max(folder: Path) -> int:
     if known is not None:
         return known
     try:
-        limit = int(os.pathconf(folder, "PC_NAME_MAX"))
+        limit = int(os.pathconf(key or ".", "PC_NAME_MAX"))
     except (OSError, ValueError, AttributeError):
         return NAME_MAX  # not remembered: the folder may not exist yet
     if len(_NAME_MAX_BY_FOLDER) >= 4096:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -97,6 +98,14 @@ class FileRecord:
         return cls(**known)
 
 
+_RECORD_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": ")).encode
+
+
+def record_text(record: FileRecord) -> str:
+    """A file record's JSON on one line, as the manifest and the journal write it."""
+    return _RECORD_ENCODE(record.to_json())
+
+
 def is_utf8(text: str) -> bool:
     """Whether ``text`` encodes as UTF-8 (a name decoded from bad bytes holds lone surrogates)."""
     try:
@@ -131,6 +140,9 @@ class Manifest:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
+        return {**self._head_json(), "files": [record.to_json() for record in self.files]}
+
+    def _head_json(self) -> dict[str, Any]:
         return {
             "schema": SCHEMA,
             "schema_version": SCHEMA_VERSION,
@@ -145,32 +157,32 @@ class Manifest:
             },
             **self.extra,
             "summary": self.summary,
-            "files": [record.to_json() for record in self.files],
         }
 
     def identity_json(self) -> dict[str, Any]:
         """Everything but the files and the summary (a journal's header)."""
-        data = self.to_json()
-        del data["files"], data["summary"]
+        data = self._head_json()
+        del data["summary"]
         return data
 
-    def write(self, folder: Path) -> Path:
+    def write(self, folder: Path, texts: Mapping[str, str] | None = None) -> Path:
         """Write ``unlearnable-manifest.json`` into ``folder`` atomically and durably (fsync);
-        ``OSError`` when it cannot be written (the previous manifest, if any, is kept)."""
+        ``OSError`` when it cannot be written (the previous manifest, if any, is kept).
+        ``texts``: see :meth:`to_text`."""
         target = folder / MANIFEST_NAME
-        atomic_write_text(target, self.to_text(), durable=True)
+        atomic_write_text(target, self.to_text(texts), durable=True)
         return target
 
-    def to_text(self) -> str:
+    def to_text(self, texts: Mapping[str, str] | None = None) -> str:
         """The manifest as JSON text: the header indented, then one file record per line
-        (written with the C encoder: a 50,000-file manifest takes well under a second)."""
-        data = self.to_json()
-        files = data.pop("files")
-        head = json.dumps(data, indent=1, ensure_ascii=False)
-        if not files:
+        (:func:`record_text`). ``texts``: path -> :func:`record_text` of the record of
+        ``files`` with that path, where the caller has it already (the run's journal made
+        it), so that a 50,000-file run does not encode its records twice."""
+        head = json.dumps(self._head_json(), indent=1, ensure_ascii=False)
+        if not self.files:
             return head[:-2] + ',\n "files": []\n}\n'
-        dump = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": ")).encode
-        lines = ",\n  ".join(dump(record) for record in files)
+        texts = texts or {}
+        lines = ",\n  ".join(texts.get(r.path) or record_text(r) for r in self.files)
         return f'{head[:-2]},\n "files": [\n  {lines}\n ]\n}}\n'
 
     def same_protection(self, other: Manifest) -> bool:

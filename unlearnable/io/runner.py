@@ -201,12 +201,15 @@ def run_folder(
     for path, message in collisions.items():
         records[path] = FileRecord(path=path, status="error", label=job.labels[path], error=message)
     tasks = [t for t in tasks if t.path not in collisions]
+    for task in tasks:  # in the tasks, not the workers' context: see WorkContext.output_names
+        renamed = output_names[task.path]
+        task.output = renamed if renamed != task.path else None
     journal = _start_journal(output_dir, manifest, previous.values())
     executor = executor or default_executor()
     memory = None
     if isinstance(executor, ProcessExecutor) and executor.workers > 1:
         memory = MemoryGate.for_workers(executor.workers)
-    context = WorkContext(input_dir, output_dir, protector, options, output_names, memory)
+    context = WorkContext(input_dir, output_dir, protector, options, memory=memory)
     context.metrics_version = metrics_version
 
     return run_and_record(
@@ -257,6 +260,7 @@ def run_and_record(
     done = resumed = 0
     lossy = False
     storage_problem: OSError | None = None
+    texts: dict[str, str] = {}  # path -> its record's text, made once (journal and manifest)
     use_huge_pages()
     runs = executor.run(function, context, items, lost)
     try:
@@ -265,11 +269,14 @@ def run_and_record(
             resumed += result.resumed
             for record in result.records:
                 records[record.path] = record
+                texts.pop(record.path, None)
             try:
-                journal.append(result.records)
+                made = journal.append(result.records)
             except OSError as exc:
                 storage_problem = exc
                 break
+            if made is not None:  # (None from a journal without texts: made at the end)
+                texts.update(zip((r.path for r in result.records), made, strict=True))
             done += len(result.records)
             if progress is not None:
                 progress(done, total)
@@ -287,7 +294,7 @@ def run_and_record(
             _storage_message("the run's journal", output_dir, storage_problem, run), run
         )
     try:
-        manifest.write(output_dir)
+        manifest.write(output_dir, texts)
     except OSError as exc:
         raise RunStorageError(_storage_message(MANIFEST_NAME, output_dir, exc, run), run) from None
     journal.remove()
@@ -377,9 +384,10 @@ def chunk_tasks(input_dir: Path, tasks: list[Task]) -> list[list[Task]]:
     chunks: list[list[Task]] = []
     current: list[Task] = []
     current_bytes = 0
+    root = os.fspath(input_dir)
     for task in tasks:
-        try:
-            size = (input_dir / task.path).stat().st_size
+        try:  # a string path: a Path per file cost more than the stat itself
+            size = os.stat(os.path.join(root, task.path)).st_size
         except OSError:
             size = 0
         if current and (len(current) >= CHUNK_FILES or current_bytes + size > CHUNK_BYTES):

@@ -25,7 +25,6 @@ pixel at its peak, so batches are capped at :data:`BATCH_PIXELS`; a batch of a l
 
 from __future__ import annotations
 
-import errno
 import os
 from collections import defaultdict
 from collections.abc import Hashable
@@ -54,6 +53,7 @@ from .images import (
 from .manifest import FileRecord
 from .measure import written_quality
 from .memory import MemoryGate, batch_bytes
+from .reading import read_image_file
 
 # Images are protected in batches of at most this many pixels, which bounds a worker's memory
 # (float copies, FFT buffers) to a few hundred MB for small images.
@@ -133,13 +133,15 @@ DEFAULT_OUTPUT = OutputOptions()
 @dataclass
 class Task:
     """One input file: its relative path, label (id and name), an earlier ``ok`` record when
-    resuming, and its cluster id (recorded in the manifest) when the method has clusters."""
+    resuming, its cluster id (recorded in the manifest) when the method has clusters, and its
+    output's relative path when that differs from ``path`` (another format's extension)."""
 
     path: str
     label_id: int
     label: str
     previous: FileRecord | None = None
     cluster: int | None = None
+    output: str | None = None
 
 
 @dataclass
@@ -151,6 +153,9 @@ class WorkContext:
     protector: Protector
     options: OutputOptions
     output_names: dict[str, str] = field(default_factory=dict)
+    """Output paths by task path, where they differ from it and not in the task itself
+    (:attr:`Task.output`, which the folder runner uses: a worker's context is sent before the
+    worker starts, and a large one makes each worker's start wait for the one before)."""
     memory: MemoryGate | None = None
     payloads: dict[str, bytes] | None = None
     """In-memory inputs by task path (the records of a shard or a Parquet file, or
@@ -163,39 +168,17 @@ class WorkContext:
 
     def read_input(self, path: str) -> bytes:
         """The input bytes of ``path`` (``OSError`` when unreadable, and with ``EFBIG`` when the
-        file is larger than :func:`input_byte_limit` allows: it is not read)."""
+        file is larger than :func:`~.reading.input_byte_limit` allows: it is not read)."""
         if self.payloads is not None:
             return self.payloads[path]
-        return read_image_file(self.input_dir / path, self.options.max_pixels)
+        return read_image_file(os.path.join(self.input_dir, path), self.options.max_pixels)
 
     def write_output(self, relative: str, data: bytes) -> None:
         """Write (atomically) or collect an output (``OSError`` when it cannot be written)."""
         if self.outputs is not None:
             self.outputs[relative] = data
         else:
-            atomic_write_bytes(self.output_dir / relative, data)
-
-
-def input_byte_limit(max_pixels: int) -> int:
-    """The largest image file read (:func:`read_image_file`): ``8 * max_pixels`` bytes (an
-    uncompressed 16-bit RGBA image) plus 64 MiB of metadata. A larger file cannot be an image
-    within the pixel limit, and reading it whole could take a worker's memory."""
-    return 8 * max_pixels + 64 * 1024 * 1024
-
-
-def read_image_file(path: Path, max_pixels: int) -> bytes:
-    """The bytes of the image file ``path``; ``OSError`` when it cannot be read, with ``EFBIG``
-    (and not read) when it is larger than :func:`input_byte_limit` allows."""
-    with open(path, "rb") as handle:
-        size = os.fstat(handle.fileno()).st_size
-        limit = input_byte_limit(max_pixels)
-        if size > limit:
-            raise OSError(
-                errno.EFBIG,
-                f"the file has {size:,} bytes, more than an image within the pixel limit can "
-                f"take ({limit:,}); not read (a video or archive with an image's extension?)",
-            )
-        return handle.read()
+            atomic_write_bytes(os.path.join(self.output_dir, relative), data)
 
 
 @dataclass
@@ -426,7 +409,7 @@ def _write_group(
         if result.data is None:
             records.append(error_record(task, result.error or "", item.input_sha256))
             continue
-        relative = context.output_names.get(task.path, task.path)
+        relative = task.output or context.output_names.get(task.path, task.path)
         try:
             context.write_output(relative, result.data)
         except OSError as exc:
