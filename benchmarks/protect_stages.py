@@ -11,13 +11,16 @@ CIFAR-10 JPEG train files and generated 3000 x 2000 JPEG photos), the CPU time p
   written (:func:`unlearnable.io.measure.written_quality`: the read-back of a lossy file and
   PSNR, SSIM and visual cost) for each metrics version, the two SHA-256 and the atomic write;
 * for the photos, how much metrics version 2 changes PSNR, SSIM and visual cost against
-  version 1 at each strength.
+  version 1, and version 3 against version 2, at each strength, and at which rung of the
+  strength ladder each file would end under a ``--max-visual-cost`` budget with either version
+  (``--flowers N``: the same v3 - v2 table on N photos of the flowers archive).
 
 The sum of the runner's stages over the floor's is the ratio one worker could reach at best
 (no start-up, no manifest); ``protect_throughput.py`` measures the whole run.
 
     python benchmarks/protect_stages.py                      # both datasets
     python benchmarks/protect_stages.py --cifar-files 640 --photos 4
+    python benchmarks/protect_stages.py --cifar-files 0 --photos 12 --flowers 120
 """
 
 from __future__ import annotations
@@ -50,8 +53,17 @@ def _cpu(function, repeats: int) -> float:
     return statistics.median(times)
 
 
-def stages(files: list[bytes], labels: list[int], protector, batch: int, repeats: int, scratch):
-    """CPU microseconds per file of each stage (see the module docstring)."""
+def stages(
+    files: list[bytes],
+    labels: list[int],
+    protector,
+    batch: int,
+    repeats: int,
+    scratch,
+    other=None,
+):
+    """CPU microseconds per file of each stage (see the module docstring); ``other``: a second
+    protector whose protection is timed too (e.g. another stack version), or None."""
     import torch
 
     from unlearnable.io.atomic import atomic_write_bytes
@@ -112,11 +124,24 @@ def stages(files: list[bytes], labels: list[int], protector, batch: int, repeats
             lambda: [protector.apply_uint8(p, y, plan) for p, y in zip(pixels, ids, strict=True)],
             repeats,
         ),
+        **(
+            {
+                f"protect, stack v{other.stack_version}": _cpu(
+                    lambda: [
+                        other.apply_uint8(p, y, plan) for p, y in zip(pixels, ids, strict=True)
+                    ],
+                    repeats,
+                )
+            }
+            if other is not None
+            else {}
+        ),
         "encode_image": _cpu(
             lambda: [encode_image(flat[i], images[i], "JPEG") for i in range(n)], repeats
         ),
         "quality, metrics v1": _cpu(lambda: quality(1), repeats),
         "quality, metrics v2": _cpu(lambda: quality(2), repeats),
+        "quality, metrics v3": _cpu(lambda: quality(3), repeats),
         "sha256 in + out": _cpu(
             lambda: [
                 (sha256_bytes(a), sha256_bytes(b)) for a, b in zip(files, encoded, strict=True)
@@ -131,57 +156,117 @@ def stages(files: list[bytes], labels: list[int], protector, batch: int, repeats
 
 def report(name: str, rows: dict[str, float]) -> None:
     floor = rows["floor: decode"] + rows["floor: encode"] + rows["floor: write file"]
-    runner = {k: v for k, v in rows.items() if not k.startswith("floor") and "v1" not in k}
-    runner_v1 = {k: v for k, v in rows.items() if not k.startswith("floor") and "v2" not in k}
-    total, total_v1 = sum(runner.values()), sum(runner_v1.values())
+    own = {k: v for k, v in rows.items() if not k.startswith(("floor", "protect, stack"))}
+    common = sum(v for k, v in own.items() if not k.startswith("quality, metrics"))
+    versions = [k.rsplit(" ", 1)[1] for k in own if k.startswith("quality, metrics")]
+    totals = {v: common + own[f"quality, metrics {v}"] for v in versions}
+    newest = versions[-1]
+    total = totals[newest]
     print(f"\n{name}: CPU per file at one thread (median), load average {os.getloadavg()[0]:.1f}")
     print(f"{'stage':<28}{'us/file':>10}")
     for stage, value in rows.items():
         print(f"{stage:<28}{value:>10.0f}")
     print(f"{'floor total':<28}{floor:>10.0f}")
-    print(f"{'runner total, metrics v2':<28}{total:>10.0f}   floor / runner {floor / total:.2f}")
-    print(
-        f"{'runner total, metrics v1':<28}{total_v1:>10.0f}   floor / runner {floor / total_v1:.2f}"
-    )
+    for version in reversed(versions):
+        label = f"runner total, metrics {version}"
+        print(f"{label:<28}{totals[version]:>10.0f}   floor / runner {floor / totals[version]:.2f}")
+    for name in (k for k in rows if k.startswith("protect, stack")):
+        other = total - rows["protect (apply_uint8)"] + rows[name]
+        label = f"runner total, {name.split(', ')[1]}"
+        print(f"{label:<28}{other:>10.0f}   floor / runner {floor / other:.2f}  (metrics {newest})")
 
 
-def metric_changes(files: list[bytes], protector) -> None:
-    """How metrics version 2 changes the recorded values against version 1 (JPEG outputs of
-    the photos, at each strength)."""
+BUDGETS = (0.02, 0.05, 0.1, 0.15, 0.2, 0.3)
+"""``--max-visual-cost`` budgets at which :func:`metric_changes` compares each file's rung."""
+
+
+def metric_changes(
+    files: list[bytes], labels: list[int], protector, name: str, old: int, new: int
+) -> None:
+    """How metrics version ``new`` changes the recorded values against version ``old`` (JPEG
+    outputs, at each strength), and at which rung of the strength ladder (the first of high,
+    mid, low whose visual cost fits a budget of :data:`BUDGETS`; ``over`` when none does) each
+    file would end under either version."""
     import torch
 
     from unlearnable.io.images import decode_image, encode_image
     from unlearnable.io.measure import written_quality
 
-    print(f"\nmetrics v2 - v1 on {len(files)} photos (JPEG output; mean [min, max])")
+    print(f"\nmetrics v{new} - v{old} on {name} (JPEG output; mean [min, max])")
     print(
-        f"{'strength':<10}{'cost v1':>9}{'PSNR dB':>28}{'SSIM x 1000':>28}{'cost v2 / v1 - 1 (%)':>28}"
+        f"{'strength':<10}{'cost v' + str(old):>9}{'PSNR dB':>28}{'SSIM x 1000':>28}"
+        f"{f'cost v{new} / v{old} - 1 (%)':>28}{'|cost change| max':>19}"
     )
-    for strength in ("high", "mid", "low"):
+    ladder = ("high", "mid", "low")
+    costs = {version: np.zeros((len(files), len(ladder))) for version in (old, new)}
+    for column, strength in enumerate(ladder):
         plan = protector.params.scaled(strength)
         changes = []
-        for data in files:
+        for row, (data, label) in enumerate(zip(files, labels, strict=True)):
             image = decode_image(data)
             pixels = torch.from_numpy(image.pixels[None])
-            out = protector.apply_uint8(pixels, torch.tensor([0]), plan)
+            out = protector.apply_uint8(pixels, torch.tensor([label]), plan)
             encoded = encode_image(out[0], image, "JPEG")
-            v1, v2 = (
+            a, b = (
                 written_quality(pixels.permute(0, 3, 1, 2), [out[0]], [encoded], [True], version)
-                for version in (1, 2)
+                for version in (old, new)
             )
+            costs[old][row, column] = round(float(a.visual_cost), 5)  # as records hold them
+            costs[new][row, column] = round(float(b.visual_cost), 5)
             changes.append(
                 (
-                    float(v1.visual_cost),
-                    float(v2.psnr - v1.psnr),
-                    float(v2.ssim - v1.ssim) * 1000,
-                    float(v2.visual_cost / v1.visual_cost - 1) * 100,
+                    float(a.visual_cost),
+                    float(b.psnr - a.psnr),
+                    float(b.ssim - a.ssim) * 1000,
+                    float(b.visual_cost / a.visual_cost - 1) * 100,
                 )
             )
         table = np.array(changes)
         cells = [
             f"{col.mean():+.3f} [{col.min():+.3f}, {col.max():+.3f}]" for col in table[:, 1:].T
         ]
-        print(f"{strength:<10}{table[:, 0].mean():>9.4f}" + "".join(f"{c:>28}" for c in cells))
+        biggest = np.abs(costs[new][:, column] - costs[old][:, column]).max()
+        print(
+            f"{strength:<10}{table[:, 0].mean():>9.4f}"
+            + "".join(f"{c:>28}" for c in cells)
+            + f"{biggest:>19.5f}"
+        )
+
+    def rungs(version: int, budget: float) -> np.ndarray:
+        fits = costs[version] <= budget
+        return np.where(fits.any(axis=1), fits.argmax(axis=1), len(ladder))
+
+    moved = []
+    for budget in BUDGETS:
+        a, b = rungs(old, budget), rungs(new, budget)
+        changed = int((a != b).sum())
+        moved.append(
+            f"{budget:g}: {changed}" + (f" ({np.flatnonzero(a != b).tolist()})" if changed else "")
+        )
+    print(f"files whose rung changes, by budget (of {len(files)}): " + ", ".join(moved))
+
+
+def flowers(count: int, side: int = 0) -> tuple[list[bytes], list[int], list[str]]:
+    """Up to ``count`` train photos (224 x 224 JPEG) of the flowers archive in ../shared/data,
+    spread over its classes; empty when the archive is not there. ``side``: upscaled to that
+    many pixels (Lanczos, saved as JPEG quality 90), e.g. 2048 for viewing factor 8."""
+    import tarfile
+
+    archive = Path(__file__).resolve().parents[1].parent / "shared/data/flowers12-jpeg.tar.gz"
+    if not archive.exists() or count <= 0:
+        return [], [], []
+    with tarfile.open(archive) as tar:
+        names = sorted(n for n in tar.getnames() if "/train/" in n and n.endswith(".jpg"))
+        names = names[:: max(1, len(names) // count)][:count]
+        classes = sorted({n.split("/")[-2] for n in names})
+        files = [tar.extractfile(n).read() for n in names]  # type: ignore[union-attr]
+    if side:
+        for index, data in enumerate(files):
+            picture = Image.open(io.BytesIO(data)).convert("RGB")
+            buffer = io.BytesIO()
+            picture.resize((side, side), Image.LANCZOS).save(buffer, "JPEG", quality=90)
+            files[index] = buffer.getvalue()
+    return files, [classes.index(n.split("/")[-2]) for n in names], classes
 
 
 def main() -> None:
@@ -191,6 +276,10 @@ def main() -> None:
     parser.add_argument("--data", help="CIFAR-10 JPEG folder (train/ inside) or its .tar.gz")
     parser.add_argument("--cifar-files", type=int, default=640, help="0: skip CIFAR-10")
     parser.add_argument("--photos", type=int, default=4, help="0: skip the photos")
+    parser.add_argument("--flowers", type=int, default=0, help="flowers photos for v3 - v2")
+    parser.add_argument(
+        "--flowers-side", type=int, default=2048, help="the flowers again upscaled (0: not)"
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
     args = parser.parse_args()
@@ -232,9 +321,20 @@ def main() -> None:
                 1,
                 args.repeats,
                 Path(tmp) / "photo-out",
+                PhotoProtector(key, ["photos"], stack_version=2),  # the previous default stack
             )
             report(f"{len(paths)} photos of 3000x2000 JPEG q90, one per batch", rows)
-            metric_changes([p.read_bytes() for p in paths], PhotoProtector(key, ["photos"]))
+            photos = [p.read_bytes() for p in paths]
+            label = f"{len(paths)} photos of 3000x2000"
+            for old, new in ((1, 2), (2, 3)):
+                metric_changes(
+                    photos, [0] * len(photos), PhotoProtector(key, ["photos"]), label, old, new
+                )
+        for side in (0, args.flowers_side):
+            files, labels, classes = flowers(args.flowers, side)
+            if files:
+                name = f"{len(files)} flowers ({side or 224} px)"
+                metric_changes(files, labels, PhotoProtector(key, classes), name, 2, 3)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ per-round ratios (protect / floor).
     python benchmarks/protect_throughput.py --method cuda --skip-cifar --photos 8
     python benchmarks/protect_throughput.py --skip-cifar --stack-version 1   # the old stack
     python benchmarks/protect_throughput.py --skip-cifar --stack-version 1,2 # both, same rounds
+    python benchmarks/protect_throughput.py --skip-cifar --metrics-version 2,3  # metrics versions
 
 ``--threads`` (default: ``$OMP_NUM_THREADS`` or 1) sets torch's threads in this process; the
 workers always use one each. The table line gives the load average: on a shared machine the
@@ -46,6 +47,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
+from typing import NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 # Only light imports at the top: spawned workers import this script again (see --lean-floor).
@@ -82,14 +84,32 @@ def io_floor(
     return time.perf_counter() - start
 
 
+class MetricsVariant(NamedTuple):
+    """A method run with another metrics version than new runs use (``--metrics-version``)."""
+
+    method: object
+    metrics_version: int
+
+
 def protect_time(source: Path, target: Path, workers: int, method: object) -> tuple[float, int]:
     from unlearnable import RunOptions, SecretKey, protect_directory
+    from unlearnable.io import runner
 
+    version = None
+    if isinstance(method, MetricsVariant):
+        method, version = method
+    chosen = runner.resumed_metrics_version
+    if version is not None:  # a fresh run measured with that version (benchmark only)
+        runner.resumed_metrics_version = lambda *_: version
     start = time.perf_counter()
-    run = protect_directory(
-        source, target, SecretKey(bytes(32)), method, RunOptions(workers=workers)
-    )
+    try:
+        run = protect_directory(
+            source, target, SecretKey(bytes(32)), method, RunOptions(workers=workers)
+        )
+    finally:
+        runner.resumed_metrics_version = chosen
     seconds = time.perf_counter() - start
+    assert version is None or run.manifest.extra["metrics_version"] == version
     assert not run.failed, run.failed[:3]
     return seconds, len(run.succeeded)
 
@@ -221,6 +241,12 @@ def main() -> None:
         "(default: the newest)",
     )
     parser.add_argument(
+        "--metrics-version",
+        default=None,
+        help="the metrics version of the runs (default: the newest), or several (2,3) measured "
+        "in the same rounds",
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=int(os.environ.get("OMP_NUM_THREADS", "1")),
@@ -245,6 +271,12 @@ def main() -> None:
 
         versions = [int(v) for v in args.stack_version.split(",")]
         methods = [(f"photo v{v}", PhotoConfig(stack_version=v)) for v in versions]
+    if args.metrics_version is not None:
+        methods = [
+            (f"{name} m{v}", MetricsVariant(method, int(v)))
+            for name, method in methods
+            for v in args.metrics_version.split(",")
+        ]
     label = ", ".join(name for name, _ in methods)
     width, height = map(int, args.photo_size.lower().split("x"))
 
