@@ -29,24 +29,13 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageChops
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-
-def _cpu_ms(function, repeats: int) -> float:
-    """Median CPU milliseconds of ``function()`` over ``repeats`` calls (after one warm-up)."""
-    function()
-    times = []
-    for _ in range(repeats):
-        start = time.process_time()
-        function()
-        times.append(time.process_time() - start)
-    return statistics.median(times) * 1e3
+from protect_stages import _cpu  # noqa: E402
 
 
 def main() -> None:
@@ -114,7 +103,7 @@ def main() -> None:
             pixels = decode_image(path.read_bytes()).pixels
             batch = torch.from_numpy(pixels[None])
             for name, step in steps(pixels, batch).items():
-                rows.setdefault(name, []).append(_cpu_ms(step, args.repeats))
+                rows.setdefault(name, []).append(_cpu(step, args.repeats) * 1e3)
             v2 = protector.apply_uint8(batch, label, plan)[0].astype(np.int16)
             for name, out in (
                 ("pillow", pillow_stack(pixels)),
