@@ -168,6 +168,23 @@ REFINE_SAMPLES = 16_384
 """At most about this many sample points per candidate when refining a shift at full size."""
 
 
+def _refine_grid(
+    protected: Tensor, factor: int, cut: int, size: tuple
+) -> tuple[int, int, tuple[int, int], Tensor]:
+    """The full-resolution sample grid both refinements compare on: ``(step, top, span,
+    target)``, with ``step`` full-size pixels between samples (at most about
+    :data:`REFINE_SAMPLES` of them over the interior of ``size`` viewing pixels from ``cut``
+    on), ``top`` the interior's first full-size row/column, ``span`` its full-size extent and
+    ``target`` the channel means of ``protected`` on the grid, float ``(B, n_h', n_w')``."""
+    n_h, n_w = size
+    skip = max(1, round((n_h * n_w / REFINE_SAMPLES) ** 0.5))  # viewing pixels between samples
+    step = factor * skip
+    top = cut * factor
+    span_h, span_w = n_h * factor, n_w * factor
+    target = protected[..., top : top + span_h : step, top : top + span_w : step]
+    return step, top, (span_h, span_w), _as_float(target).mean(dim=1)
+
+
 def _refine(
     original: Tensor, protected: Tensor, coarse: Tensor, factor: int, cut: int, size: tuple
 ) -> Tensor:
@@ -175,13 +192,7 @@ def _refine(
     ``original`` with ``protected`` (both full size, float in [0, 1] or uint8), compared on a
     grid of at most about :data:`REFINE_SAMPLES` full-resolution pixels of the interior
     (``size`` viewing pixels from ``cut`` on)."""
-    n_h, n_w = size
-    skip = max(1, round((n_h * n_w / REFINE_SAMPLES) ** 0.5))  # viewing pixels between samples
-    step = factor * skip
-    top = cut * factor
-    span_h, span_w = n_h * factor, n_w * factor
-    target = protected[..., top : top + span_h : step, top : top + span_w : step]
-    target = _as_float(target).mean(dim=1)
+    step, top, (span_h, span_w), target = _refine_grid(protected, factor, cut, size)
     residuals = _candidates(factor // 2)
     result = []
     for index, (cy, cx) in enumerate(coarse.tolist()):
@@ -214,13 +225,7 @@ def _refine_lines(
     same grid); ties go to the smaller residual. It finds :func:`_refine`'s shift wherever the
     error falls off towards the best shift along rows and columns, as it does for shifted,
     blurred or recoloured photos."""
-    n_h, n_w = size
-    skip = max(1, round((n_h * n_w / REFINE_SAMPLES) ** 0.5))
-    step = factor * skip
-    top = cut * factor
-    span_h, span_w = n_h * factor, n_w * factor
-    target = protected[..., top : top + span_h : step, top : top + span_w : step]
-    target = _as_float(target).mean(dim=1)  # (B, n_h', n_w')
+    step, top, _, target = _refine_grid(protected, factor, cut, size)
     radius = factor // 2
     count = 2 * radius + 1
     rank = torch.tensor(sorted(range(count), key=lambda i: (abs(i - radius), i - radius)))
