@@ -269,7 +269,6 @@ def run_and_record(
             resumed += result.resumed
             for record in result.records:
                 records[record.path] = record
-                texts.pop(record.path, None)
             try:
                 made = journal.append(result.records)
             except OSError as exc:
