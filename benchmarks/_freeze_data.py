@@ -65,7 +65,7 @@ def pretrain(root: Path, classes, args):
     train = load_split(root, "train", classes, 0, args.pretrain_per_class)
     model = build_victim("small-cnn", 10, 32, seed=args.seed)
     adapter = ClassificationAdapter(readout=classes)
-    device = torch.device(getattr(args, "device", "cpu"))
+    device = torch.device(args.device)
     batches = adapter.batches(train, 64, device, stream_generator(args.seed, "pre"))
     fit(
         model,
