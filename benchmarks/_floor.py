@@ -31,6 +31,12 @@ def floor_chunk(args: tuple[Path, Path, list[str]]) -> int:
 
 def tool_imports() -> None:
     """A floor worker's start-up in the default mode: the tool's runner and protect API (and
-    with them torch), which every protect worker imports."""
+    with them torch), which every protect worker imports, then what protect's worker
+    initializer does after them (``gc.freeze``: the worker's exit skips the garbage
+    collector's passes over torch's objects)."""
+    import gc
+
     import unlearnable.io.runner  # noqa: F401
     import unlearnable.protect.api  # noqa: F401
+
+    gc.freeze()

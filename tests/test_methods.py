@@ -200,15 +200,19 @@ def test_a_registered_method_protects_a_folder_end_to_end(tmp_path, toy_method):
 # ------------------------------------------------------------------------------ executors
 
 
-def test_serial_and_process_pool_executors_give_identical_outputs(tmp_path, monkeypatch):
+@pytest.mark.parametrize("in_process", [True, False])
+def test_serial_and_process_pool_executors_give_identical_outputs(
+    tmp_path, monkeypatch, in_process
+):
     source = make_labelled_folder(tmp_path / "in", classes=("a", "b", "c"), per_class=3)
     monkeypatch.setattr(runner, "CHUNK_FILES", 2)  # 5 chunks, so the pool really runs
     config = ul.CudaConfig(labels="folders", strength="high")
     serial = ul.protect_directory(
         source, tmp_path / "serial", FIXED_KEY, config, ul.RunOptions(executor=SerialExecutor())
     )
+    pool = ProcessExecutor(2, in_process=in_process)
     pooled = ul.protect_directory(
-        source, tmp_path / "pool", FIXED_KEY, config, ul.RunOptions(executor=ProcessExecutor(2))
+        source, tmp_path / "pool", FIXED_KEY, config, ul.RunOptions(executor=pool)
     )
     assert len(serial.succeeded) == len(pooled.succeeded) == 9
     assert outputs(tmp_path / "serial") == outputs(tmp_path / "pool")
@@ -226,7 +230,9 @@ def _return_or_die(context: int, item: int) -> tuple[str, int]:
 def test_a_dead_worker_loses_its_items_instead_of_failing_the_run():
     items = list(range(6))
     results = list(
-        ProcessExecutor(2).run(_return_or_die, 2, items, lambda item, message: ("lost", item))
+        ProcessExecutor(2, in_process=False).run(
+            _return_or_die, 2, items, lambda item, message: ("lost", item)
+        )
     )
     assert sorted(item for _, item in results) == items  # every item answered exactly once
     assert ("lost", 2) in results

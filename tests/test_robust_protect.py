@@ -77,7 +77,9 @@ def test_workers_end_when_the_run_is_killed_outright(tmp_path: Path):
         from tests.test_robust_protect import report_and_sleep
 
         if __name__ == "__main__":
-            results = ProcessExecutor(2).run(report_and_sleep, sys.argv[1], [0, 1], None)
+            results = ProcessExecutor(2, in_process=False).run(
+                report_and_sleep, sys.argv[1], [0, 1], None
+            )
             next(results)
     """
     process = subprocess.Popen(

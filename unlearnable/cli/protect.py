@@ -170,7 +170,7 @@ DEFAULT_MAX_PIXELS = 100_000_000
     "--workers",
     type=click.IntRange(1),
     default=None,
-    help="Processes for decoding/encoding (default: number of cores).",
+    help="Processes protecting files, this one included (default: the number of cores).",
 )
 @click.option(
     "--engine",

@@ -8,8 +8,8 @@ an executor can run them elsewhere. When an item's worker dies, the executor yie
 ``lost(item, message)`` for it instead of raising, so the other items still count.
 
 :class:`SerialExecutor` runs everything in this process; :class:`ProcessExecutor` is a pool of
-``spawn`` processes (each limited to one torch thread). Both give the same results for the same
-items. A distributed executor (Ray, ...) implements the same one-method protocol.
+``spawn`` processes (each limited to one torch thread), with this process working as one of its
+lanes by default. Both give the same results for the same items. A distributed executor (Ray, ...) implements the same one-method protocol.
 
 Stopping: the workers ignore SIGINT (Ctrl-C reaches every process of the terminal's group); the
 main process gets the ``KeyboardInterrupt``. When the caller stops iterating early (an error,
@@ -29,12 +29,14 @@ outright (``kill -9``, the OOM killer), instead of waiting for work forever.
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, as_completed, wait
 from concurrent.futures import ProcessPoolExecutor as _Pool
-from concurrent.futures import as_completed
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from multiprocessing import get_context
@@ -80,14 +82,29 @@ class SerialExecutor:
 
 
 class ProcessExecutor:
-    """A pool of ``workers`` spawned processes (at most one per item; with one, the items run
-    in this process, as :class:`SerialExecutor`). Each worker gets the context once, at start,
-    and uses one torch thread, so ``workers`` processes use ``workers`` cores."""
+    """Runs the items on ``workers`` lanes: spawned processes, and (``in_process``, the
+    default) this process as one of them, so ``workers - 1`` processes are spawned. Each
+    spawned worker gets the context once, at start; every lane uses one torch thread, so
+    ``workers`` lanes use ``workers`` cores. With one lane (or one item) everything runs in
+    this process, as :class:`SerialExecutor`.
 
-    def __init__(self, workers: int | None = None) -> None:
+    Why this process works too: a spawned worker first imports torch and the tool (about
+    1.5 s of CPU on a laptop core) and ends by tearing them down, while this process has them
+    already; on 2 cores and a folder of 40 photos one worker less was about a fifth of the
+    run (``benchmarks/protect_throughput.py``). This process takes the next item whenever it
+    is free and hands the workers theirs ahead, so neither waits for the other. A worker that
+    dies loses only its own items (see the module docstring); the items it never received
+    then run here. What ``in_process`` costs: an item that kills its process outright (the
+    out-of-memory killer) kills the run when it runs here (the journal keeps it resumable),
+    where a worker's death only loses that item; ``in_process=False`` keeps every item in
+    spawned workers.
+    """
+
+    def __init__(self, workers: int | None = None, in_process: bool = True) -> None:
         self.workers = default_workers() if workers is None else workers
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
+        self.in_process = in_process
 
     def run(
         self,
@@ -96,34 +113,102 @@ class ProcessExecutor:
         items: Sequence[T],
         lost: Callable[[T, str], R],
     ) -> Iterator[R]:
-        workers = max(1, min(self.workers, len(items)))
-        if workers == 1:
+        lanes = max(1, min(self.workers, len(items)))
+        if lanes == 1:
             yield from SerialExecutor().run(function, context, items, lost)
             return
+        spawned = lanes - 1 if self.in_process else lanes
         pool = _Pool(
-            workers,
+            spawned,
             mp_context=get_context("spawn"),
             initializer=_init_worker,
             initargs=(function, context),
         )
         finished = False
         try:
-            with _interrupts_held():  # spawned with SIGINT blocked: the workers inherit it
-                futures = {pool.submit(_run_in_worker, item): item for item in items}
-            for future in as_completed(futures):
-                try:
-                    result = future.result()
-                except BrokenProcessPool:
-                    # A worker died (most often: out of memory). Its items, and those it could
-                    # not start, are reported as lost; the caller decides what that means.
-                    result = lost(futures[future], WORKER_DIED)
-                yield result
+            if self.in_process:
+                yield from _run_beside(pool, spawned, function, context, items, lost)
+            else:
+                with _interrupts_held():  # spawned with SIGINT blocked: the workers inherit it
+                    futures = {pool.submit(_run_in_worker, item): item for item in items}
+                for future in as_completed(futures):
+                    yield _result(future, futures[future], lost)
             finished = True
         finally:
-            if finished:
-                pool.shutdown(wait=True)
+            if finished:  # every result is in: the workers end on their own meanwhile
+                pool.shutdown(wait=False)
             else:
                 stop_pool(pool)
+
+
+AHEAD_PER_WORKER = 2
+"""Items handed to each spawned worker ahead (running and queued) while this process works
+too: one queued behind the running one, so a worker never waits for this process to finish its
+own item before it gets the next."""
+
+
+def _run_beside(
+    pool: _Pool,
+    spawned: int,
+    function: Callable[[C, T], R],
+    context: C,
+    items: Sequence[T],
+    lost: Callable[[T, str], R],
+) -> Iterator[R]:
+    """Run ``items`` on ``pool``'s ``spawned`` workers and in this process (one torch thread
+    here meanwhile), in order of the items: the workers are kept :data:`AHEAD_PER_WORKER`
+    items ahead, this process takes the next one whenever it is free, and finished results
+    are yielded between this process's items. After a worker died (a broken pool), the items
+    not yet handed out run here."""
+    pending = deque(items)
+    futures: dict[Future, T] = {}
+    ahead = AHEAD_PER_WORKER * spawned
+    broken = False
+
+    def hand_out() -> None:
+        nonlocal broken
+        while pending and not broken and len(futures) < ahead:
+            item = pending.popleft()
+            try:
+                futures[pool.submit(_run_in_worker, item)] = item
+            except BrokenProcessPool:
+                pending.appendleft(item)
+                broken = True
+
+    with _interrupts_held():  # every worker is spawned here (one per first submit)
+        hand_out()
+    with _one_torch_thread():
+        while futures or pending:
+            finished = [future for future in futures if future.done()]
+            if not finished and not pending:
+                finished = list(wait(futures, return_when=FIRST_COMPLETED).done)
+            for future in finished:
+                yield _result(future, futures.pop(future), lost)
+            hand_out()
+            if pending and not finished:
+                yield function(context, pending.popleft())
+
+
+def _result(future: Future, item: T, lost: Callable[[T, str], R]) -> R:
+    try:
+        return future.result()
+    except BrokenProcessPool:
+        # A worker died (most often: out of memory). Its items, and those it could not
+        # start, are reported as lost; the caller decides what that means.
+        return lost(item, WORKER_DIED)
+
+
+@contextmanager
+def _one_torch_thread() -> Iterator[None]:
+    """This process's torch uses one thread in the block (it is one lane of several)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def stop_pool(pool: _Pool) -> None:
@@ -225,6 +310,10 @@ def _init_worker(function: Callable[[Any, Any], Any], context: Any) -> None:
 
     torch.set_num_threads(1)
     _WORKER = (function, context)
+    # Everything imported so far (torch, the tool) lives until the worker ends: leave it out of
+    # the garbage collector's passes. Its final passes over torch's objects took about 0.5 s
+    # of each worker's exit (pool shutdown waited for it at the end of every run).
+    gc.freeze()
 
 
 def _exit_with_parent() -> None:
