@@ -1,8 +1,9 @@
 """Protect throughput against the I/O floor, on the same files with the same worker count.
 
 (a) floor: decode + re-encode to the same format with Pillow (JPEG keeps its quantisation
-    tables) + write each file, in ``--workers`` processes, in the runner's chunks (at most 64
-    files and 16 MB each, so a few large photos are still shared by the workers);
+    tables) + write each file, in ``--workers`` processes, in the runner's chunks for that many
+    lanes (:func:`unlearnable.io.runner.chunk_tasks`: at most 64 files and 1 MB each, smaller
+    towards the end, so the workers end together);
 (b) protect: ``unlearnable.protect_directory`` (decode, the method's protection, per-file quality
     metrics, encode, atomic write, sha256, manifest) with the same workers; ``--method`` names
     the registered method (default: the tool's default method); ``--stack-version`` picks the
@@ -28,8 +29,11 @@ workers always use one each. The table line gives the load average: on a shared 
 ratio, not the images/s, is the figure to compare.
 
 Worker start-up: the floor's workers import the tool's runner (and with it torch, about 1.5-3 s
-of CPU each on this machine) before their first file, as protect's workers do, so the ratio
-compares the per-file work. That start-up is a large part of a short run: on 40 photos it was
+of CPU each on this machine) before their first file, as protect's workers do, and then freeze
+the garbage collector's view of it as they do (which makes their exit cheap), so the ratio
+compares the per-file work. protect runs ``--workers`` lanes, this process being one of them
+(:class:`unlearnable.io.executors.ProcessExecutor`), so it spawns one worker less than the
+floor: that start-up it saves is part of its figure. That start-up is a large part of a short run: on 40 photos it was
 about two thirds of the floor's time. ``--lean-floor`` also measures, in the same rounds, a
 floor whose workers import only Pillow (what a plain decode + encode script costs) and adds
 the ratio against it.
@@ -55,13 +59,14 @@ from _data import cifar10_root  # noqa: E402
 from _floor import floor_chunk, tool_imports  # noqa: E402
 
 
-def runner_chunks(source: Path, files: list[str]) -> list[list[str]]:
-    """The files in the runner's chunks (:func:`unlearnable.io.runner.chunk_tasks`)."""
+def runner_chunks(source: Path, files: list[str], workers: int) -> list[list[str]]:
+    """The files in the runner's chunks for ``workers`` lanes
+    (:func:`unlearnable.io.runner.chunk_tasks`)."""
     from unlearnable.io.runner import chunk_tasks
     from unlearnable.io.work import Task
 
     tasks = [Task(path, 0, "") for path in files]
-    return [[task.path for task in chunk] for chunk in chunk_tasks(source, tasks)]
+    return [[task.path for task in chunk] for chunk in chunk_tasks(source, tasks, workers)]
 
 
 def io_floor(
@@ -69,7 +74,7 @@ def io_floor(
 ) -> float:
     """Seconds to decode, re-encode and write ``files`` in ``workers`` processes (in the
     runner's chunks); the workers import the tool first unless ``lean``."""
-    chunks = [(source, target, chunk) for chunk in runner_chunks(source, files)]
+    chunks = [(source, target, chunk) for chunk in runner_chunks(source, files, workers)]
     start = time.perf_counter()
     if min(workers, len(chunks)) == 1:  # as the runner: no pool for a single chunk
         for chunk in chunks:

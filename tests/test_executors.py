@@ -1,12 +1,62 @@
-"""How the folder runner shares its work: a process pool in which this process works too."""
+"""How the folder runner shares its work: chunks sized for the lanes, and a process pool in
+which this process works too."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
+from unlearnable.io import runner
 from unlearnable.io.executors import ProcessExecutor, SerialExecutor
+from unlearnable.io.work import Task
+
+
+def _files(folder: Path, sizes: list[int]) -> list[Task]:
+    folder.mkdir(parents=True, exist_ok=True)
+    tasks = []
+    for index, size in enumerate(sizes):
+        name = f"f{index:03d}.bin"
+        (folder / name).write_bytes(b"x" * size)
+        tasks.append(Task(name, 0, ""))
+    return tasks
+
+
+def test_large_files_are_spread_over_the_lanes_and_the_last_chunks_are_small(tmp_path):
+    # 40 photos of 1.2 MB went out as 13 + 13 + 13 + 1 files (16 MB chunks): on 2 workers one
+    # did 26 files while the other waited
+    tasks = _files(tmp_path, [1_200_000] * 40)
+    chunks = runner.chunk_tasks(tmp_path, tasks, lanes=2)
+    assert [task for chunk in chunks for task in chunk] == tasks  # each once, in order
+    assert max(len(chunk) for chunk in chunks) == 1  # a file over the limit goes alone
+
+
+def test_chunks_shrink_towards_the_end_and_keep_their_caps(tmp_path):
+    tasks = _files(tmp_path, [50_000] * 200)
+    chunks = runner.chunk_tasks(tmp_path, tasks, lanes=2)
+    sizes = [len(chunk) for chunk in chunks]
+    assert [task for chunk in chunks for task in chunk] == tasks
+    assert all(size * 50_000 <= runner.CHUNK_BYTES for size in sizes)
+    assert sizes[-1] == 1 and sizes[0] > sizes[-1]
+    assert sizes == sorted(sizes, reverse=True)  # guided: never larger than the one before
+    # the bytes still to come bound each chunk: the last quarter of the work is in >= 4 chunks
+    tail_chunks = next(
+        count
+        for count in range(1, len(sizes) + 1)
+        if sum(sizes[-count:]) >= 50  # the last 50 of 200 files
+    )
+    assert tail_chunks >= 4
+    small = _files(tmp_path / "small", [1_000] * 2_000)
+    small_sizes = [len(chunk) for chunk in runner.chunk_tasks(tmp_path / "small", small, 4)]
+    assert max(small_sizes) == runner.CHUNK_FILES and sum(small_sizes) == 2_000
+
+
+def test_one_lane_keeps_whole_chunks_and_unreadable_files_count_as_empty(tmp_path):
+    tasks = _files(tmp_path, [1_000] * 10) + [Task("missing.bin", 0, "")]
+    chunks = runner.chunk_tasks(tmp_path, tasks)
+    assert [task for chunk in chunks for task in chunk] == tasks
+    assert len(chunks[0]) >= 5  # half the bytes at first
 
 
 def _where(context: None, item: int) -> tuple[int, int]:

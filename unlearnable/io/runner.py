@@ -64,7 +64,9 @@ from .work import (
 )
 
 CHUNK_FILES = 64
-CHUNK_BYTES = 16 * 1024 * 1024
+CHUNK_BYTES = 1024 * 1024
+CHUNK_SPREAD = 2
+"""A chunk holds at most 1 / (CHUNK_SPREAD * lanes) of the bytes still to be handed out."""
 
 
 class RunStorageError(UnlearnableError):
@@ -211,12 +213,12 @@ def run_folder(
         memory = MemoryGate.for_workers(executor.workers)
     context = WorkContext(input_dir, output_dir, protector, options, memory=memory)
     context.metrics_version = metrics_version
-
+    # the chunks are sized for the executor's processes (a Ray executor may not know its own)
     return run_and_record(
         executor,
         process_chunk,
         context,
-        chunk_tasks(input_dir, tasks),
+        chunk_tasks(input_dir, tasks, lanes=getattr(executor, "workers", None) or 1),
         lost_chunk,
         RunBook(manifest, records, journal, output_dir),
         total=len(tasks),
@@ -378,22 +380,38 @@ def _output_names(paths: list[str], requested_format: str) -> tuple[dict[str, st
     return names, collisions
 
 
-def chunk_tasks(input_dir: Path, tasks: list[Task]) -> list[list[Task]]:
-    """Consecutive tasks grouped into chunks of at most CHUNK_FILES files and CHUNK_BYTES."""
-    chunks: list[list[Task]] = []
-    current: list[Task] = []
-    current_bytes = 0
+def chunk_tasks(input_dir: Path, tasks: list[Task], lanes: int = 1) -> list[list[Task]]:
+    """Consecutive tasks grouped into chunks of at most CHUNK_FILES files and CHUNK_BYTES,
+    and (guided scheduling) at most the bytes still to come over ``CHUNK_SPREAD * lanes``,
+    ``lanes`` being the processes that share the chunks: the work spreads over every lane and
+    the last chunks are small, so no lane ends long after the others. A file larger than the
+    limit makes a chunk of its own.
+
+    Why 1 MB: a JPEG photo of that size is about 0.1 s of work, and a chunk's own costs (its
+    hand-over, the journal's fsync) are a few milliseconds; small files still go 64 at a
+    time. (Chunks of 16 MB sent 40 photos of 1.2 MB out as 13 + 13 + 13 + 1 files: on 2
+    workers one did 26 files while the other waited.)"""
     root = os.fspath(input_dir)
+    sizes = []
     for task in tasks:
         try:  # a string path: a Path per file cost more than the stat itself
-            size = os.stat(os.path.join(root, task.path)).st_size
+            sizes.append(os.stat(os.path.join(root, task.path)).st_size)
         except OSError:
-            size = 0
-        if current and (len(current) >= CHUNK_FILES or current_bytes + size > CHUNK_BYTES):
+            sizes.append(0)
+    remaining = sum(sizes)
+    chunks: list[list[Task]] = []
+    current: list[Task] = []
+    current_bytes = limit = 0
+    for task, size in zip(tasks, sizes, strict=True):
+        if not current:
+            limit = min(CHUNK_BYTES, remaining // (CHUNK_SPREAD * max(1, lanes)))
+        elif len(current) >= CHUNK_FILES or current_bytes + size > limit:
             chunks.append(current)
             current, current_bytes = [], 0
+            limit = min(CHUNK_BYTES, remaining // (CHUNK_SPREAD * max(1, lanes)))
         current.append(task)
         current_bytes += size
+        remaining -= size
     if current:
         chunks.append(current)
     return chunks
