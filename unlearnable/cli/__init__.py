@@ -9,6 +9,8 @@ from torch until a command runs, so ``--help`` and usage errors are instant.
 
 from __future__ import annotations
 
+import atexit
+import gc
 import importlib
 import pkgutil
 
@@ -36,6 +38,9 @@ def main() -> None:
     Exit codes: 0 success, 1 some items failed, 2 usage error, 3 flagged (scan, audit),
     130 interrupted.
     """
+    # At exit, leave torch's objects out of the garbage collector's last passes: they took
+    # about 0.5 s of every command's exit. (Objects are still released as usual.)
+    atexit.register(gc.freeze)
 
 
 def _add_commands() -> None:
