@@ -9,7 +9,8 @@ an executor can run them elsewhere. When an item's worker dies, the executor yie
 
 :class:`SerialExecutor` runs everything in this process; :class:`ProcessExecutor` is a pool of
 ``spawn`` processes (each limited to one torch thread), with this process working as one of its
-lanes by default. Both give the same results for the same items. A distributed executor (Ray, ...) implements the same one-method protocol.
+lanes by default. Both give the same results for the same items. A distributed executor (Ray,
+...) implements the same one-method protocol.
 
 Stopping: the workers ignore SIGINT (Ctrl-C reaches every process of the terminal's group); the
 main process gets the ``KeyboardInterrupt``. When the caller stops iterating early (an error,

@@ -403,11 +403,10 @@ def chunk_tasks(input_dir: Path, tasks: list[Task], lanes: int = 1) -> list[list
     current: list[Task] = []
     current_bytes = limit = 0
     for task, size in zip(tasks, sizes, strict=True):
-        if not current:
-            limit = min(CHUNK_BYTES, remaining // (CHUNK_SPREAD * max(1, lanes)))
-        elif len(current) >= CHUNK_FILES or current_bytes + size > limit:
+        if current and (len(current) >= CHUNK_FILES or current_bytes + size > limit):
             chunks.append(current)
             current, current_bytes = [], 0
+        if not current:  # a new chunk: its limit from what is still to come
             limit = min(CHUNK_BYTES, remaining // (CHUNK_SPREAD * max(1, lanes)))
         current.append(task)
         current_bytes += size
