@@ -73,8 +73,8 @@ class PhotoAuditPlan:
 
 @AUDIT_METHODS.register("photo")
 def photo_audit_plan(manifest: Manifest, probe_size: int) -> PhotoAuditPlan:
-    """The manifest's ``photo`` stack (stack versions 1 and 2)."""
-    from ..protect.photo import STACK_VERSIONS
+    """The manifest's ``photo`` stack (every stack version of :data:`STACK_VERSIONS`)."""
+    from ..protect.photo_method import STACK_VERSIONS
 
     params = dict(manifest.parameters or {})
     version = params.get("stack_version")

@@ -87,12 +87,10 @@ from .cuda import (
     cuda_filters,
     reference_copy_u8,
 )
+from .photo_method import STACK_VERSION, STACK_VERSIONS  # (defined beside the config: no torch)
 from .photo_pixels import stack_pixels
 from .shortcuts import PlaidParams, apply_additive, class_plaids, colour_transforms
 
-STACK_VERSION = 3
-"""The stack version new runs use (see the module docstring)."""
-STACK_VERSIONS = (1, 2, 3)
 _CUDA_APPLICATION = {1: 2, 2: 3, 3: 3}  # stack version -> CUDA application version
 STRENGTH_SCALES = {"high": 1.5, "mid": 1.0, "low": 0.5}
 _LADDER = ("high", "mid", "low")

@@ -23,6 +23,11 @@ from .cuda_method import (
 )
 from .methods import MethodContext, MethodOption, register_method
 
+STACK_VERSION = 3
+"""The ``photo`` stack version new runs use (see :mod:`unlearnable.protect.photo`)."""
+STACK_VERSIONS = (1, 2, 3)
+"""Every stack version this tool reproduces."""
+
 if TYPE_CHECKING:
     from ..io.runner import FolderJob
     from .photo import PhotoParams
@@ -50,8 +55,9 @@ class PhotoConfig:
 
     def __post_init__(self) -> None:
         validate_filter_settings(self.strength, self.kernel_size, self.blur)
-        if self.stack_version is not None and self.stack_version not in (1, 2, 3):
-            raise UsageError(f"stack version must be 1, 2 or 3, got {self.stack_version}")
+        if self.stack_version is not None and self.stack_version not in STACK_VERSIONS:
+            versions = ", ".join(map(str, STACK_VERSIONS))
+            raise UsageError(f"stack version must be one of {versions}, got {self.stack_version}")
         if self.reference < 8:
             raise UsageError(f"reference must be >= 8 px, got {self.reference}")
         if str(self.labels) == CLUSTER_LABELS:
@@ -98,7 +104,7 @@ def photo_from_options(values: Mapping[str, Any]) -> PhotoConfig | ClusterCudaCo
 )
 def prepare_photo(config: PhotoConfig, context: MethodContext) -> FolderJob:
     from ..io.runner import FolderJob
-    from .photo import STACK_VERSION, STACK_VERSIONS, PhotoParams, PhotoProtector
+    from .photo import PhotoParams, PhotoProtector
 
     labels = context.assign_labels(config.labels)
     earlier = _resumed_parameters(context)
