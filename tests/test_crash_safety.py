@@ -262,7 +262,7 @@ def test_disk_full_on_the_journal_is_one_message_and_resumable(
         calls["n"] += 1
         if calls["n"] > 1:
             _enospc()
-        real_append(self, records)
+        return real_append(self, records)
 
     monkeypatch.setattr(journal_module.Journal, "append", append)
     monkeypatch.setattr("unlearnable.io.runner.CHUNK_FILES", 2)

@@ -294,10 +294,11 @@ def test_resume_of_a_run_stopped_before_its_manifest_reads_its_journal(
     appended = []
 
     def append_then_ctrl_c(self, records):
-        real_append(self, records)
+        texts = real_append(self, records)
         appended.append(len(records))
         if len(appended) == 2:
             raise KeyboardInterrupt
+        return texts
 
     monkeypatch.setattr(runner_module, "CHUNK_FILES", 4)
     monkeypatch.setattr(journal_module.Journal, "append", append_then_ctrl_c)

@@ -276,8 +276,7 @@ def run_and_record(
             except OSError as exc:
                 storage_problem = exc
                 break
-            if made is not None:  # (None from a journal without texts: made at the end)
-                texts.update(zip((r.path for r in result.records), made, strict=True))
+            texts.update(zip((r.path for r in result.records), made, strict=True))
             done += len(result.records)
             if progress is not None:
                 progress(done, total)

@@ -44,8 +44,15 @@ from typing import Any
 
 from ..atomic import is_temporary_name
 from ..executors import Executor
-from ..journal import JOURNAL_NAME, JOURNAL_SCHEMA, JOURNAL_VERSION, read_journal
-from ..manifest import MANIFEST_NAME, FileRecord, Manifest, ManifestError, manifest_from_json
+from ..journal import JOURNAL_NAME, journal_header, read_journal, record_lines
+from ..manifest import (
+    MANIFEST_NAME,
+    FileRecord,
+    Manifest,
+    ManifestError,
+    manifest_from_json,
+    record_text,
+)
 from ..runner import ProtectRun, ProtectUsageError, RunBook, RunStorageError, run_and_record
 from . import FormatUsageError, is_url, url_filesystem
 
@@ -168,10 +175,6 @@ def check_url_output(url: str, source: Path | str) -> UrlFolder:
     return folder
 
 
-def _line(data: dict[str, Any]) -> bytes:
-    return (json.dumps(data, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
-
-
 class UrlJournal:
     """The run's journal in the URL folder (see the module docstring); it fits what
     :func:`~unlearnable.io.runner.run_and_record` needs of a journal (``append``, ``close``,
@@ -192,19 +195,20 @@ class UrlJournal:
     ) -> UrlJournal:
         """Write the journal's header (and the earlier run's ``records``) and delete the parts of
         an earlier journal (their records are in ``records``); ``OSError`` when it fails."""
-        header = {
-            "schema": JOURNAL_SCHEMA,
-            "schema_version": JOURNAL_VERSION,
-            "manifest": manifest.identity_json(),
-        }
-        folder.write(JOURNAL_NAME, _line(header) + b"".join(_line(r.to_json()) for r in records))
+        lines = record_lines([record_text(r) for r in records])
+        folder.write(JOURNAL_NAME, journal_header(manifest) + lines)
         folder.remove(JOURNAL_PARTS)
         return cls(folder, staging)
 
-    def append(self, records: Iterable[FileRecord]) -> None:
-        self._pending.extend(_line(record.to_json()) for record in records)
+    def append(self, records: Iterable[FileRecord]) -> list[str]:
+        """Queue ``records`` for the next part (written within :data:`FLUSH_SECONDS`) and
+        return their texts, as :meth:`Journal.append <unlearnable.io.journal.Journal.append>`."""
+        texts = [record_text(record) for record in records]
+        if texts:
+            self._pending.append(record_lines(texts))
         if time.monotonic() - self._flushed >= FLUSH_SECONDS:
             self.flush()
+        return texts
 
     def flush(self) -> None:
         """Write the records appended since the last part as a new part (``OSError``)."""
