@@ -24,7 +24,6 @@ trains the pair), so its rows must agree: that is a check of determinism.
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 import tempfile
 import time
@@ -33,7 +32,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _cifar_subset import link_subset  # noqa: E402
@@ -41,25 +39,11 @@ from _data import cifar10_root  # noqa: E402
 
 from unlearnable import OutputOptions, RunOptions, SecretKey, protect_directory  # noqa: E402
 from unlearnable.attacks.training import TrainConfig  # noqa: E402
+from unlearnable.attacks.transforms_pil import jpeg_compress  # noqa: E402
+from unlearnable.imageops import to_uint8  # noqa: E402
 from unlearnable.protect.api import DEFAULT_METHOD  # noqa: E402
 from unlearnable.verify import VerifyData, run_verification  # noqa: E402
 from unlearnable.verify_inputs import load_verify_folders  # noqa: E402
-
-
-def jpeg_round_trip(images: torch.Tensor, quality: int, subsampling: int) -> torch.Tensor:
-    """uint8 ``(N, C, H, W)`` -> the same images after a JPEG encode + decode in memory
-    (Pillow; ``subsampling`` 0 is 4:4:4)."""
-    out = torch.empty_like(images)
-    for index, image in enumerate(images):
-        array = image.permute(1, 2, 0).numpy()
-        picture = Image.fromarray(array[..., 0] if array.shape[2] == 1 else array)
-        buffer = io.BytesIO()
-        picture.save(buffer, format="JPEG", quality=quality, subsampling=subsampling)
-        decoded = np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert(picture.mode))
-        if decoded.ndim == 2:
-            decoded = decoded[..., None]
-        out[index] = torch.from_numpy(decoded.copy()).permute(2, 0, 1)
-    return out
 
 
 def rms(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -114,9 +98,8 @@ def main() -> None:
                 raise SystemExit(f"protect failed for {len(run.failed)} files")
             loaded[name] = load_verify_folders(scratch / name, train, test).data
         png = loaded["png"]
-        loaded["jpeg-q95-444"] = replace(
-            png, protected_train=jpeg_round_trip(png.protected_train, 95, 0)
-        )
+        round_trip = jpeg_compress(png.protected_train.float() / 255, 95, subsampling="4:4:4")
+        loaded["jpeg-q95-444"] = replace(png, protected_train=to_uint8(round_trip))
         for name in args.variants.split(","):
             data = loaded[name]
             measures = (

@@ -61,16 +61,22 @@ def _map_pil(images: Tensor, per_image: Callable[[Image.Image, int], Image.Image
     )
 
 
-def jpeg_compress(images: Tensor, quality: int = 10) -> Tensor:
+def jpeg_compress(images: Tensor, quality: int = 10, subsampling: str | None = None) -> Tensor:
     """JPEG round trip at ``quality`` through Pillow (ISS, ICML 2023: quality 10).
 
-    Each image is quantised with :func:`to_uint8`, encoded with Pillow's defaults (4:2:0 chroma
-    subsampling for RGB) and decoded. images ``(N, C, H, W)`` float in [0, 1], C in {1, 3} -> same
-    shape and dtype, values on the uint8 grid.
+    Each image is quantised with :func:`to_uint8`, encoded (``subsampling``: Pillow's chroma
+    subsampling, ``"4:4:4"``, ``"4:2:2"`` or ``"4:2:0"``; None: Pillow's default, 4:2:0 for RGB)
+    and decoded. images ``(N, C, H, W)`` float in [0, 1], C in {1, 3} -> same shape and dtype,
+    values on the uint8 grid.
     """
     if not 1 <= quality <= 100:
         raise ValueError(f"JPEG quality must be in [1, 100], got {quality}")
-    return _map_pil(images, lambda img, _: _encode_decode(img, "JPEG", quality=int(quality)))
+    options: dict[str, Any] = {"quality": int(quality)}
+    if subsampling is not None:
+        if subsampling not in ("4:4:4", "4:2:2", "4:2:0"):
+            raise ValueError(f"subsampling must be 4:4:4, 4:2:2 or 4:2:0, got {subsampling!r}")
+        options["subsampling"] = subsampling
+    return _map_pil(images, lambda img, _: _encode_decode(img, "JPEG", **options))
 
 
 def reupload(
