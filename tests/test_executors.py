@@ -123,10 +123,14 @@ def test_a_dead_worker_beside_this_process_loses_only_what_it_held(tmp_path):
 def test_this_process_keeps_its_torch_threads():
     torch = pytest.importorskip("torch")
     before = torch.get_num_threads()
-    seen = list(ProcessExecutor(2).run(_threads, None, [0, 1, 2, 3], lambda i, m: None))
-    assert torch.get_num_threads() == before
-    assert all(threads == 1 for threads in seen)  # one per lane, here as in the worker
-    assert list(SerialExecutor().run(_threads, None, [0], lambda i, m: None)) == [before]
+    torch.set_num_threads(2)  # more than a lane's one, so that the lane's setting shows
+    try:
+        seen = list(ProcessExecutor(2).run(_threads, None, [0, 1, 2, 3], lambda i, m: None))
+        assert torch.get_num_threads() == 2
+        assert seen == [1, 1, 1, 1]  # one per lane, here as in the worker
+        assert list(SerialExecutor().run(_threads, None, [0], lambda i, m: None)) == [2]
+    finally:
+        torch.set_num_threads(before)
 
 
 def _threads(context: None, item: int) -> int:
