@@ -40,7 +40,7 @@ def test_output_names_travel_in_the_tasks_and_the_context_stays_small(tmp_path):
         ul.RunOptions(output=ul.OutputOptions(format="png"), executor=executor),
     )
     (context,) = executor.contexts
-    assert context.output_names == {}
+    assert getattr(context, "output_names", {}) == {}  # names travel in the tasks
     tasks = [task for chunk in executor.chunks for task in chunk]
     assert len(tasks) == 80
     assert all(task.output == task.path[: -len(".jpg")] + ".png" for task in tasks)

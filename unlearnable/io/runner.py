@@ -203,7 +203,7 @@ def run_folder(
     for path, message in collisions.items():
         records[path] = FileRecord(path=path, status="error", label=job.labels[path], error=message)
     tasks = [t for t in tasks if t.path not in collisions]
-    for task in tasks:  # in the tasks, not the workers' context: see WorkContext.output_names
+    for task in tasks:  # in the tasks, not the workers' context: see Task
         renamed = output_names[task.path]
         task.output = renamed if renamed != task.path else None
     journal = _start_journal(output_dir, manifest, previous.values())

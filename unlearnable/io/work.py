@@ -29,7 +29,7 @@ import os
 from collections import defaultdict
 from collections.abc import Hashable
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -134,7 +134,10 @@ DEFAULT_OUTPUT = OutputOptions()
 class Task:
     """One input file: its relative path, label (id and name), an earlier ``ok`` record when
     resuming, its cluster id (recorded in the manifest) when the method has clusters, and its
-    output's relative path when that differs from ``path`` (another format's extension)."""
+    output's relative path when that differs from ``path`` (another format's extension, a
+    record of a container). Per-file data travels in the tasks, not in the workers' context:
+    a worker's context is sent before the worker starts, and a large one made each worker's
+    start wait for the one before."""
 
     path: str
     label_id: int
@@ -152,10 +155,6 @@ class WorkContext:
     output_dir: Path
     protector: Protector
     options: OutputOptions
-    output_names: dict[str, str] = field(default_factory=dict)
-    """Output paths by task path, where they differ from it and not in the task itself
-    (:attr:`Task.output`, which the folder runner uses: a worker's context is sent before the
-    worker starts, and a large one makes each worker's start wait for the one before)."""
     memory: MemoryGate | None = None
     payloads: dict[str, bytes] | None = None
     """In-memory inputs by task path (the records of a shard or a Parquet file, or
@@ -409,7 +408,7 @@ def _write_group(
         if result.data is None:
             records.append(error_record(task, result.error or "", item.input_sha256))
             continue
-        relative = task.output or context.output_names.get(task.path, task.path)
+        relative = task.output or task.path
         try:
             context.write_output(relative, result.data)
         except OSError as exc:

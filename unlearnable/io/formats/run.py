@@ -158,17 +158,14 @@ def process_container(context: RecordContext, item: ContainerTask) -> ChunkResul
                 )
             )
             continue
-        tasks.append(Task(path, context.class_index[label], label, None, item.clusters.get(path)))
-    names = {
-        task.path: record_path(item.name, parsed.output_name(by_path[task.path], extension))
-        for task in tasks
-    }
+        output = record_path(item.name, parsed.output_name(record, extension))
+        cluster = item.clusters.get(path)
+        tasks.append(Task(path, context.class_index[label], label, None, cluster, output))
     work = WorkContext(
         context.input_root,
         context.output_dir,
         context.protector,  # type: ignore[arg-type]
         context.options,
-        output_names=names,
         payloads={task.path: by_path[task.path].image for task in tasks},  # type: ignore[misc]
         outputs={},
     )
