@@ -16,7 +16,10 @@ CIFAR-10 JPEG train files and generated 3000 x 2000 JPEG photos), the CPU time p
   (``--flowers N``: the same v3 - v2 table on N photos of the flowers archive).
 
 The sum of the runner's stages over the floor's is the ratio one worker could reach at best
-(no start-up, no manifest); ``protect_throughput.py`` measures the whole run.
+(no start-up, no manifest); ``protect_throughput.py`` measures the whole run. The two write
+rows are the file system's cost of creating a file: within a few minutes of deleting many
+files on an ext4 file system without a journal they are 10x their usual cost (see
+``protect_throughput.py``), and then they, not the work per file, make the ratio.
 
     python benchmarks/protect_stages.py                      # both datasets
     python benchmarks/protect_stages.py --cifar-files 640 --photos 4

@@ -12,10 +12,23 @@
 Datasets: the CIFAR-10 JPEG train split (50,000 files of 32x32; ``--data``, ``--limit``) and a
 folder of large photos made by the benchmark (``--photos`` images of ``--photo-size``).
 Floor and protect are interleaved (floor, protect, floor, protect, ...) for ``--rounds``
-rounds, because the floor moves by tens of percent between runs on a shared machine (each
-output is removed and the file system flushed before the next run, so no run pays for the
-write-back of another); the table gives the median images/s of each and the median of the
-per-round ratios (protect / floor).
+rounds, because the floor moves by tens of percent between runs on a shared machine (the file
+system is flushed after each run, so no run pays for the write-back of another); the table
+gives the median images/s of each and the median of the per-round ratios (protect / floor).
+
+Every run writes into a fresh folder, and the outputs are removed only when the benchmark ends
+(about 2 GB of scratch space for 5 rounds of CIFAR-10). Each round first times the creation
+of 300 small files in a fresh folder; the table gives the median (``create us``). Why: an
+ext4 file system without a journal (this machine's root) skips recently freed inodes when it
+allocates a new one (``recently_deleted`` in the kernel's inode allocator), and after a folder
+of many files was deleted a file creation cost 400-800 us instead of about 30-50, for about
+five minutes (measured every 20 s after deleting 500,000 files; ``perf`` put most of protect's
+system time there). Removing each output before the next run, as this benchmark did until
+2026-11-22, made every run after the first pay that cost on each of its 50,000 files, and the
+ratio reported it (0.72-0.86) instead of the work per file; the first round's floor, which ran
+before any removal, was 2-3x faster than the others. So do not start the benchmark within a
+few minutes of deleting many files on the same file system: a ``create us`` in the hundreds
+says it was.
 
     python benchmarks/protect_throughput.py                 # everything, 3 rounds
     python benchmarks/protect_throughput.py --limit 5000 --photos 10 --rounds 5
@@ -43,7 +56,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -150,11 +162,24 @@ def make_photos(folder: Path, count: int, width: int, height: int) -> Path:
     return folder
 
 
-def _clean(folder: Path) -> None:
-    """Remove a run's output and flush the file system, so that the next timed run does not
-    pay for this one's write-back (50,000 small files take seconds to flush)."""
-    shutil.rmtree(folder)
+def _settle() -> None:
+    """Flush the file system after a timed run, so that the next run does not pay for this
+    one's write-back (50,000 small files take seconds to flush). The run's output is kept
+    until the benchmark ends (see the module docstring: deleting it here would slow the next
+    run's file creation)."""
     os.sync()
+
+
+def creation_cost(folder: Path, count: int = 300) -> float:
+    """Microseconds to create, write (1.5 KB) and close one file in a fresh ``folder`` (kept
+    until the benchmark ends): the file system's state that both runs of a round pay for every
+    output (see the module docstring)."""
+    folder.mkdir(parents=True)
+    data = b"\0" * 1536
+    start = time.perf_counter()
+    for index in range(count):
+        (folder / f"{index}.bin").write_bytes(data)
+    return (time.perf_counter() - start) / count * 1e6
 
 
 def measure(
@@ -172,26 +197,32 @@ def measure(
     from unlearnable.io.discover import discover_images
 
     files = discover_images(source).files
-    floor_dir, protect_dir = scratch / f"{name}-floor", scratch / f"{name}-protect"
+    runs = scratch / f"{name}-runs"  # one fresh folder per timed run, removed at the end
     floors: list[float] = []
     lean_floors: list[float] = []
     protects: dict[str, list[float]] = {label: [] for label, _ in methods}
     ratios: dict[str, list[float]] = {label: [] for label, _ in methods}
     lean_ratios: dict[str, list[float]] = {label: [] for label, _ in methods}
     seconds: dict[str, list[float]] = {label: [] for label, _ in methods}
+    creation: list[float] = []
     for index in range(rounds):
-        floor_s = io_floor(source, floor_dir, files, workers)
-        _clean(floor_dir)
+        creation.append(creation_cost(runs / f"probe-{index}"))
+        floor_s = io_floor(source, runs / f"floor-{index}", files, workers)
+        _settle()
         floors.append(len(files) / floor_s)
-        line = f"{name} round {index + 1}/{rounds}: floor {floors[-1]:.1f} img/s ({floor_s:.1f} s)"
+        line = (
+            f"{name} round {index + 1}/{rounds}: file creation {creation[-1]:.0f} us, "
+            f"floor {floors[-1]:.1f} img/s ({floor_s:.1f} s)"
+        )
         if lean:
-            lean_s = io_floor(source, floor_dir, files, workers, lean=True)
-            _clean(floor_dir)
+            lean_s = io_floor(source, runs / f"lean-{index}", files, workers, lean=True)
+            _settle()
             lean_floors.append(len(files) / lean_s)
             line += f", lean floor {lean_floors[-1]:.1f} img/s ({lean_s:.1f} s)"
-        for label, method in methods:
-            protect_s, done = protect_time(source, protect_dir, workers, method)
-            _clean(protect_dir)
+        for number, (label, method) in enumerate(methods):
+            target = runs / f"protect-{number}-{index}"
+            protect_s, done = protect_time(source, target, workers, method)
+            _settle()
             protects[label].append(done / protect_s)
             ratios[label].append(protects[label][-1] / floors[-1])
             if lean:
@@ -213,6 +244,7 @@ def measure(
             "protect_s": statistics.median(seconds[label]),
             "lean_floor": statistics.median(lean_floors) if lean else None,
             "lean_ratio": statistics.median(lean_ratios[label]) if lean else None,
+            "creation_us": statistics.median(creation),
         }
         for label, _ in methods
     ]
@@ -315,7 +347,7 @@ def main() -> None:
     lean = f"{'lean floor':>12}{'lean ratio':>12}" if args.lean_floor else ""
     print(
         f"{'dataset':<40}{'files':>8}{'floor img/s':>13}{'protect img/s':>15}{'ratio':>8}"
-        f"{'ratio range':>14}{'protect s':>11}{lean}"
+        f"{'ratio range':>14}{'protect s':>11}{'create us':>11}{lean}"
     )
     for row in rows:
         low, high = row["ratio_range"]
@@ -324,7 +356,8 @@ def main() -> None:
             extra = f"{row['lean_floor']:>12.1f}{row['lean_ratio']:>12.2f}"
         print(
             f"{row['name']:<40}{row['files']:>8}{row['floor']:>13.1f}{row['protect']:>15.1f}"
-            f"{row['ratio']:>8.2f}{f'{low:.2f}-{high:.2f}':>14}{row['protect_s']:>11.1f}{extra}"
+            f"{row['ratio']:>8.2f}{f'{low:.2f}-{high:.2f}':>14}{row['protect_s']:>11.1f}"
+            f"{row['creation_us']:>11.0f}{extra}"
         )
 
 
