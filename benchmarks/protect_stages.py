@@ -288,6 +288,7 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
+    from unlearnable.io.runner import CHUNK_FILES
     from unlearnable.keys import SecretKey
     from unlearnable.protect.photo import PhotoProtector
 
@@ -307,11 +308,13 @@ def main() -> None:
                 [p.read_bytes() for _, p in paths],
                 [i for i, _ in paths],
                 PhotoProtector(key, classes),
-                64,
+                CHUNK_FILES,
                 args.repeats,
                 Path(tmp) / "cifar",
             )
-            report(f"CIFAR-10 JPEG, {len(paths)} files of 32x32, batches of 64", rows)
+            report(
+                f"CIFAR-10 JPEG, {len(paths)} files of 32x32, batches of {CHUNK_FILES}", rows
+            )
         if args.photos:
             from protect_throughput import make_photos
 

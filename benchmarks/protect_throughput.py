@@ -2,7 +2,7 @@
 
 (a) floor: decode + re-encode to the same format with Pillow (JPEG keeps its quantisation
     tables) + write each file, in ``--workers`` processes, in the runner's chunks for that many
-    lanes (:func:`unlearnable.io.runner.chunk_tasks`: at most 64 files and 1 MB each, smaller
+    lanes (:func:`unlearnable.io.runner.chunk_tasks`: at most 256 files and 1 MB each, smaller
     towards the end, so the workers end together);
 (b) protect: ``unlearnable.protect_directory`` (decode, the method's protection, per-file quality
     metrics, encode, atomic write, sha256, manifest) with the same workers; ``--method`` names

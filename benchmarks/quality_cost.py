@@ -1,6 +1,6 @@
 """Per-file cost of the quality metrics a protect run records, against the I/O floor.
 
-For CIFAR-10 JPEG files (32 px, batches of 64 as the runner's chunks make them) and for large
+For CIFAR-10 JPEG files (32 px, in batches of ``CHUNK_FILES`` as the runner's chunks make them) and for large
 photos (``--photo-size``, one per batch), times per file and one torch thread:
 
 * ``floor``: decode + re-encode the JPEG with Pillow (what ``protect_throughput.py`` calls the
@@ -38,6 +38,7 @@ from _data import cifar10_root  # noqa: E402
 from unlearnable import metrics  # noqa: E402
 from unlearnable.io.discover import discover_images  # noqa: E402
 from unlearnable.io.images import decode_pixels  # noqa: E402
+from unlearnable.io.runner import CHUNK_FILES  # noqa: E402
 from unlearnable.visual_cost import visual_cost  # noqa: E402
 
 
@@ -114,7 +115,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--data", help="CIFAR-10 JPEG folder (train/ inside) or its .tar.gz")
-    parser.add_argument("--limit", type=int, default=640, help="CIFAR files (batches of 64)")
+    parser.add_argument("--limit", type=int, default=640, help="CIFAR files (batches of the runner's CHUNK_FILES)")
     parser.add_argument("--photos", type=int, default=3, help="large photos (0: skip)")
     parser.add_argument("--photo-size", default="3000x2000", help="WIDTHxHEIGHT")
     parser.add_argument("--repeats", type=int, default=5, help="timings per cell (median)")
@@ -127,8 +128,9 @@ def main() -> None:
         train = cifar10_root(args.data) / "train"
         files = discover_images(train).files[: args.limit]
         blobs = [(train / f).read_bytes() for f in files]
-        batches = [blobs[i : i + 64] for i in range(0, len(blobs), 64)]
-        per_batch = [measure("cifar10 32 px", b, 64, args.repeats) for b in batches]
+        size = CHUNK_FILES
+        batches = [blobs[i : i + size] for i in range(0, len(blobs), size)]
+        per_batch = [measure("cifar10 32 px", b, size, args.repeats) for b in batches]
         rows.append(
             (
                 "cifar10 32 px",

@@ -48,9 +48,10 @@ def test_chunks_shrink_towards_the_end_and_keep_their_caps(tmp_path):
         if sum(sizes[-count:]) >= 50  # the last 50 of 200 files
     )
     assert tail_chunks >= 4
-    small = _files(tmp_path / "small", [1_000] * 2_000)
+    count = 16 * runner.CHUNK_FILES  # enough bytes that the file cap binds first
+    small = _files(tmp_path / "small", [1_000] * count)
     small_sizes = [len(chunk) for chunk in runner.chunk_tasks(tmp_path / "small", small, 4)]
-    assert max(small_sizes) == runner.CHUNK_FILES and sum(small_sizes) == 2_000
+    assert max(small_sizes) == runner.CHUNK_FILES and sum(small_sizes) == count
 
 
 def test_one_lane_keeps_whole_chunks_and_unreadable_files_count_as_empty(tmp_path):
