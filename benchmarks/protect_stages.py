@@ -17,9 +17,9 @@ CIFAR-10 JPEG train files and generated 3000 x 2000 JPEG photos), the CPU time p
 
 The sum of the runner's stages over the floor's is the ratio one worker could reach at best
 (no start-up, no manifest); ``protect_throughput.py`` measures the whole run. The two write
-rows are the file system's cost of creating a file: within a few minutes of deleting many
-files on an ext4 file system without a journal they are 10x their usual cost (see
-``protect_throughput.py``), and then they, not the work per file, make the ratio.
+rows are the file system's cost of creating a file: on this machine's ext4 root, within a few
+minutes of deleting many files, they were 10x their usual cost (see ``protect_throughput.py``),
+and then they, not the work per file, make the ratio.
 
     python benchmarks/protect_stages.py                      # both datasets
     python benchmarks/protect_stages.py --cifar-files 640 --photos 4
@@ -249,10 +249,10 @@ def metric_changes(
     print(f"files whose rung changes, by budget (of {len(files)}): " + ", ".join(moved))
 
 
-def flowers(count: int, side: int = 0) -> tuple[list[bytes], list[int], list[str]]:
+def flowers(count: int) -> tuple[list[bytes], list[int], list[str]]:
     """Up to ``count`` train photos (224 x 224 JPEG) of the flowers archive in ../shared/data,
-    spread over its classes; empty when the archive is not there. ``side``: upscaled to that
-    many pixels (Lanczos, saved as JPEG quality 90), e.g. 2048 for viewing factor 8."""
+    spread over its classes, with their label ids and the class names; empty when the archive
+    is not there."""
     import tarfile
 
     archive = Path(__file__).resolve().parents[1].parent / "shared/data/flowers12-jpeg.tar.gz"
@@ -263,13 +263,19 @@ def flowers(count: int, side: int = 0) -> tuple[list[bytes], list[int], list[str
         names = names[:: max(1, len(names) // count)][:count]
         classes = sorted({n.split("/")[-2] for n in names})
         files = [tar.extractfile(n).read() for n in names]  # type: ignore[union-attr]
-    if side:
-        for index, data in enumerate(files):
-            picture = Image.open(io.BytesIO(data)).convert("RGB")
-            buffer = io.BytesIO()
-            picture.resize((side, side), Image.LANCZOS).save(buffer, "JPEG", quality=90)
-            files[index] = buffer.getvalue()
     return files, [classes.index(n.split("/")[-2]) for n in names], classes
+
+
+def upscaled(files: list[bytes], side: int) -> list[bytes]:
+    """The JPEG ``files`` resized to ``side`` x ``side`` (Lanczos, saved at quality 90), e.g.
+    2048 for viewing factor 8."""
+    out = []
+    for data in files:
+        buffer = io.BytesIO()
+        picture = Image.open(io.BytesIO(data)).convert("RGB")
+        picture.resize((side, side), Image.LANCZOS).save(buffer, "JPEG", quality=90)
+        out.append(buffer.getvalue())
+    return out
 
 
 def main() -> None:
@@ -336,11 +342,12 @@ def main() -> None:
                 metric_changes(
                     photos, [0] * len(photos), PhotoProtector(key, ["photos"]), label, old, new
                 )
-        for side in (0, args.flowers_side):
-            files, labels, classes = flowers(args.flowers, side)
-            if files:
-                name = f"{len(files)} flowers ({side or 224} px)"
-                metric_changes(files, labels, PhotoProtector(key, classes), name, 2, 3)
+        files, labels, classes = flowers(args.flowers)  # the archive is read once
+        sides = [0] + ([args.flowers_side] if args.flowers_side else [])
+        for side in sides if files else []:
+            chosen = upscaled(files, side) if side else files
+            name = f"{len(files)} flowers ({side or 224} px)"
+            metric_changes(chosen, labels, PhotoProtector(key, classes), name, 2, 3)
 
 
 if __name__ == "__main__":

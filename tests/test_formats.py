@@ -436,7 +436,7 @@ def test_a_resumed_shard_run_keeps_the_earlier_metrics_version(tmp_path):
     shards = make_sets(tmp_path, count=12)["webdataset"]
     run = protect_dataset(shards, tmp_path / "out", FIXED_KEY, "cuda", SERIAL)
     manifest_path = tmp_path / "out" / "unlearnable-manifest.json"
-    assert run.manifest.extra["metrics_version"] == 3  # metrics version 3
+    assert run.manifest.extra["metrics_version"] == 3
     data = json.loads(manifest_path.read_text())
     del data["metrics_version"]  # as written before the metrics versions: version 1
     manifest_path.write_text(json.dumps(data))
