@@ -11,11 +11,11 @@ the default method (``--method``) and compares, on the same files and key:
 
 For each it prints the perturbation in the file (RMS of protected - clean, in 8-bit levels), how
 far the file is from the PNG output (RMS of file - PNG: what the encoding changed), the PSNR
-against the clean file, and the
-clean and protected test accuracy of the same victim trained with ERM for ``--epochs`` epochs
-(peak and last epoch, ``--seeds``), with PER (protected error rate, scaled: 1 - protected /
-clean accuracy). The clean victim is trained once per seed per variant (``run_verification``
-trains the pair), so its rows must agree: that is a check of determinism.
+against the clean file, and the clean and protected test accuracy of the same victim trained
+with ERM for ``--epochs`` epochs (peak and last epoch, ``--seeds``), with PER (protected
+error rate, scaled: 1 - protected / clean accuracy). The clean victim is trained once per seed
+per variant (``run_verification`` trains the pair), so its rows must agree: that is a check of
+determinism.
 
     python benchmarks/output_format_cifar10.py                        # 500 per class, 30 epochs
     python benchmarks/output_format_cifar10.py --per-class 200 --epochs 10   # a quick look

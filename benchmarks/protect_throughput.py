@@ -17,12 +17,13 @@ system is flushed after each run, so no run pays for the write-back of another);
 gives the median images/s of each and the median of the per-round ratios (protect / floor).
 
 Every run writes into a fresh folder, and the outputs are removed only when the benchmark ends
-(about 2 GB of scratch space for 5 rounds of CIFAR-10). Each round first times the creation
-of 300 small files in a fresh folder; the table gives the median (``create us``). Why: an
-ext4 file system without a journal (this machine's root) skips recently freed inodes when it
-allocates a new one (``recently_deleted`` in the kernel's inode allocator), and after a folder
-of many files was deleted a file creation cost 400-800 us instead of about 30-50, for about
-five minutes (measured every 20 s after deleting 500,000 files; ``perf`` put most of protect's
+(a CIFAR-10 run's output takes about 200 MB on disk: 2 GB for 5 rounds, 3 GB with
+``--lean-floor``). Each round first times the creation of 300 small files in a fresh folder;
+the table gives the median (``create us``). Why: this machine's root file system (ext4) skips
+recently freed inodes when it allocates a new one (``recently_deleted`` in the kernel's inode
+allocator, which as far as we know runs only without a journal), and after a folder of many
+files was deleted a file creation cost 400-800 us instead of about 30-50, for about five
+minutes (measured every 20 s after deleting 500,000 files; ``perf`` put most of protect's
 system time there). Removing each output before the next run, as this benchmark did until
 2026-11-22, made every run after the first pay that cost on each of its 50,000 files, and the
 ratio reported it (0.72-0.86) instead of the work per file; the first round's floor, which ran
@@ -47,9 +48,9 @@ the garbage collector's view of it as they do (which makes their exit cheap), so
 compares the per-file work. protect runs ``--workers`` lanes, this process being one of them
 (:class:`unlearnable.io.executors.ProcessExecutor`), so it spawns one worker less than the
 floor: that start-up it saves is part of its figure. That start-up is a large part of a short
-run: on 40 photos it was about two thirds of the floor's time (floor 2.4 s, lean floor 0.9 s). ``--lean-floor`` also measures, in the same rounds, a
-floor whose workers import only Pillow (what a plain decode + encode script costs) and adds
-the ratio against it.
+run: on 40 photos it was about two thirds of the floor's time (floor 2.4 s, lean floor 0.9 s).
+``--lean-floor`` also measures, in the same rounds, a floor whose workers import only Pillow
+(what a plain decode + encode script costs) and adds the ratio against it.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Per-file cost of the quality metrics a protect run records, against the I/O floor.
 
-For CIFAR-10 JPEG files (32 px, in batches of ``CHUNK_FILES`` as the runner's chunks make them) and for large
-photos (``--photo-size``, one per batch), times per file and one torch thread:
+For CIFAR-10 JPEG files (32 px, in batches of ``CHUNK_FILES`` as the runner's chunks make them)
+and for large photos (``--photo-size``, one per batch), times per file and one torch thread:
 
 * ``floor``: decode + re-encode the JPEG with Pillow (what ``protect_throughput.py`` calls the
   I/O floor, without the file reads and writes);
@@ -115,7 +115,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--data", help="CIFAR-10 JPEG folder (train/ inside) or its .tar.gz")
-    parser.add_argument("--limit", type=int, default=640, help="CIFAR files (batches of the runner's CHUNK_FILES)")
+    parser.add_argument(
+        "--limit", type=int, default=640, help="CIFAR files (in batches of the runner's chunks)"
+    )
     parser.add_argument("--photos", type=int, default=3, help="large photos (0: skip)")
     parser.add_argument("--photo-size", default="3000x2000", help="WIDTHxHEIGHT")
     parser.add_argument("--repeats", type=int, default=5, help="timings per cell (median)")

@@ -221,10 +221,10 @@ def _refine_lines(
     ``ry`` again (at the best ``rx``), each over ``|r| <= factor // 2``: ``3 (factor + 1)``
     candidates instead of ``(factor + 1) ** 2`` for an even factor (the third line is left
     out when the second one stayed at ``rx = 0``), each line's candidates read as one strided
-    view of the image instead of gathered blocks. The errors are :func:`_refine`'s (mean squared error of the channel means on the
-    same grid); ties go to the smaller residual. It finds :func:`_refine`'s shift wherever the
-    error falls off towards the best shift along rows and columns, as it does for shifted,
-    blurred or recoloured photos."""
+    view of the image instead of gathered blocks. The errors are :func:`_refine`'s (mean
+    squared error of the channel means on the same grid); ties go to the smaller residual.
+    It finds :func:`_refine`'s shift wherever the error falls off towards the best shift
+    along rows and columns, as it does for shifted, blurred or recoloured photos."""
     step, top, _, target = _refine_grid(protected, factor, cut, size)
     radius = factor // 2
     count = 2 * radius + 1
